@@ -1,0 +1,105 @@
+"""Changing stored conversations: update, upsert by id, soft delete."""
+
+from __future__ import annotations
+
+from typing import Any
+from uuid import UUID
+
+from django.db import IntegrityError, connection, transaction
+from django.db.models.functions import Now
+from psycopg.types.json import Jsonb
+
+from convo.errors import Conflict, NotFound
+from conversations.models import Conversation, EmbeddingState, Tenant
+from conversations.payloads import ConversationUpdateIn, ConversationUpsertIn
+
+# Fields whose change means the stored embedding no longer describes the conversation.
+_EMBEDDED_FIELDS = {"summary", "transcript"}
+_FIELD_NAMES = {"user_id": "external_user_id"}
+
+_UPSERT = f"""
+INSERT INTO {Conversation._meta.db_table} AS c
+    (id, tenant_id, external_id, external_user_id, channel, session_id, status, summary, transcript,
+     metadata, embedding_state, ingest_fingerprint)
+VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, 'pending', '')
+ON CONFLICT (id) DO UPDATE SET
+    external_id = EXCLUDED.external_id, external_user_id = EXCLUDED.external_user_id,
+    channel = EXCLUDED.channel, session_id = EXCLUDED.session_id, status = EXCLUDED.status,
+    summary = EXCLUDED.summary, transcript = EXCLUDED.transcript, metadata = EXCLUDED.metadata,
+    embedding_state = CASE
+        WHEN c.summary IS DISTINCT FROM EXCLUDED.summary OR c.transcript IS DISTINCT FROM EXCLUDED.transcript
+        THEN 'pending' ELSE c.embedding_state END
+WHERE c.tenant_id = EXCLUDED.tenant_id AND c.deleted_at IS NULL
+RETURNING (xmax = 0) AS created
+"""
+
+
+def conversation_upsert(*, tenant: Tenant, conversation_id: UUID, payload: ConversationUpsertIn) -> tuple[Conversation, bool]:
+    """Seed 001's ``upsert_conversation``: create the conversation under ``conversation_id`` or
+    replace its writable fields. Returns it with ``created``. An id that belongs to another tenant,
+    or to a deleted conversation, is ``NotFound`` (never overwritten, never revealed)."""
+    try:
+        with transaction.atomic(), connection.cursor() as cursor:
+            cursor.execute(
+                _UPSERT,
+                [
+                    conversation_id,
+                    tenant.pk,
+                    payload.external_id,
+                    payload.user_id,
+                    payload.channel.value,
+                    payload.session_id,
+                    payload.status.value,
+                    payload.summary,
+                    payload.transcript,
+                    Jsonb(payload.metadata),
+                ],
+            )
+            row = cursor.fetchone()
+    except IntegrityError as exc:
+        raise _conflict(exc) from None
+    if row is None:
+        raise NotFound("No such conversation.")
+    return Conversation.objects.get(pk=conversation_id), bool(row[0])
+
+
+def conversation_update(*, conversation: Conversation, changes: ConversationUpdateIn) -> Conversation:
+    """Apply the fields set in ``changes`` (PATCH). Re-queues embedding when text changed."""
+    values: dict[str, Any] = {
+        _FIELD_NAMES.get(name, name): value for name, value in changes.model_dump(exclude_unset=True).items()
+    }
+    changed = [field for field, value in values.items() if getattr(conversation, field) != value]
+    if not changed:
+        return conversation
+    for field in changed:
+        setattr(conversation, field, values[field])
+    if _EMBEDDED_FIELDS.intersection(changed):
+        conversation.embedding_state = EmbeddingState.PENDING
+        changed.append("embedding_state")
+    try:
+        with transaction.atomic():
+            conversation.save(update_fields=changed)
+    except IntegrityError as exc:
+        raise _conflict(exc) from None
+    conversation.refresh_from_db(fields=["updated_at"])
+    return conversation
+
+
+@transaction.atomic
+def conversation_soft_delete(*, conversation: Conversation) -> None:
+    """Hide the conversation and its messages from every read; the rows stay for audit."""
+    Conversation.objects.filter(pk=conversation.pk, deleted_at__isnull=True).update(deleted_at=Now())
+
+
+def _conflict(exc: IntegrityError) -> Conflict:
+    constraint = getattr(getattr(exc.__cause__, "diag", None), "constraint_name", "") or ""
+    if constraint == "conv_unique_active_session":
+        return Conflict(
+            "This user already has an active conversation with this session_id.",
+            fields={"session_id": ["An active conversation with this user_id and session_id exists."]},
+        )
+    if constraint == "conv_unique_external_id":
+        return Conflict(
+            "Another conversation has this external_id.", fields={"external_id": ["Already used."]}
+        )
+    raise exc

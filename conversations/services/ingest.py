@@ -1,0 +1,346 @@
+"""Ingest: storing conversations and inbound messages durably, in one round trip per table.
+
+Rows are written with ``INSERT … SELECT FROM unnest(<one array per column>) ON CONFLICT DO NOTHING
+RETURNING id``: a single statement for any number of rows, which, unlike COPY, lets a replayed
+``external_id`` fall out quietly instead of failing the batch. Ids are UUIDv7 made here, so every
+item's id is known before the statement runs. Each function commits once; a 202 is only sent after
+that commit, so an acknowledged item is a committed ``pending`` row (ARCHITECTURE.md, decision 1).
+
+A batch is never all-or-nothing: each item ends ``Accepted`` or ``Rejected`` with the field at
+fault, and the good items are stored whatever happens to the bad ones.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+from uuid import UUID
+
+from django.db import connection, transaction
+from psycopg.types.json import Jsonb
+
+from convo.db import retry_on_deadlock
+from convo.errors import Conflict
+from convo.ids import uuid7
+from conversations.models import Conversation, EmbeddingState, Message, Tenant
+from conversations.payloads import ConversationIn, InboundMessageIn, MessageIn
+from conversations.services.admission import ingest_admission_check
+from conversations.services.results import Accepted, ItemResult, Rejected
+
+_CONVERSATIONS = Conversation._meta.db_table
+_MESSAGES = Message._meta.db_table
+
+_INSERT_CONVERSATIONS = f"""
+INSERT INTO {_CONVERSATIONS} (id, tenant_id, external_id, external_user_id, channel, session_id, status,
+                              summary, transcript, metadata, embedding_state, ingest_fingerprint)
+SELECT * FROM unnest(%s::uuid[], %s::bigint[], %s::text[], %s::text[], %s::text[], %s::text[], %s::text[],
+                     %s::text[], %s::text[], %s::jsonb[], %s::text[], %s::text[])
+ON CONFLICT DO NOTHING
+RETURNING id
+"""
+
+_INSERT_MESSAGES = f"""
+INSERT INTO {_MESSAGES} (id, tenant_id, conversation_id, role, text, sender_name, sender_avatar_url,
+                         external_id, raw_payload, sent_at, embedding_state)
+SELECT * FROM unnest(%s::uuid[], %s::bigint[], %s::uuid[], %s::text[], %s::text[], %s::text[], %s::text[],
+                     %s::text[], %s::jsonb[], %s::timestamptz[], %s::text[])
+ON CONFLICT DO NOTHING
+RETURNING id
+"""
+
+# Continue the active conversation of (user, session), or start one. The update is what makes
+# RETURNING give the id of a conversation that already existed.
+_UPSERT_SESSIONS = f"""
+INSERT INTO {_CONVERSATIONS} (id, tenant_id, external_user_id, session_id, channel, status, summary,
+                              transcript, metadata, embedding_state, ingest_fingerprint)
+SELECT id, %s, user_id, session_id, channel, 'active', '', '', '{{}}'::jsonb, 'pending', ''
+FROM unnest(%s::uuid[], %s::text[], %s::text[], %s::text[]) AS s(id, user_id, session_id, channel)
+ON CONFLICT (tenant_id, external_user_id, session_id) WHERE status = 'active' AND deleted_at IS NULL
+DO UPDATE SET updated_at = now()
+RETURNING id, external_user_id, session_id
+"""
+
+_PENDING = EmbeddingState.PENDING.value
+
+
+@retry_on_deadlock()
+@transaction.atomic
+def conversation_create_batch(*, tenant: Tenant, payloads: Sequence[ConversationIn]) -> list[ItemResult]:
+    """Store conversations (each with its messages) and return one result per payload, in order.
+
+    A payload whose ``external_id`` is already stored is a replay: it gets the stored id when its
+    body is the same, and a conflict naming ``external_id`` when it differs. A payload whose
+    (user, session) already has an active conversation, or whose message ``external_id`` is taken,
+    is rejected naming that field.
+    """
+    ingest_admission_check()
+    results: list[ItemResult | None] = [None] * len(payloads)
+    fingerprints = [payload.fingerprint() for payload in payloads]
+    taken_message_ids = _taken_message_external_ids(tenant, payloads)
+
+    ids: list[UUID] = []
+    rows: list[tuple[int, UUID, ConversationIn]] = []
+    for index, payload in enumerate(payloads):
+        clash = _message_external_id_clash(payload.messages, taken_message_ids)
+        if clash is not None:
+            results[index] = clash
+            continue
+        conversation_id = uuid7()
+        ids.append(conversation_id)
+        rows.append((index, conversation_id, payload))
+
+    inserted = _insert_conversations(tenant, rows, fingerprints)
+    message_rows: list[tuple[UUID, MessageIn, UUID]] = []
+    for index, conversation_id, payload in rows:
+        if conversation_id in inserted:
+            message_ids = tuple(uuid7() for _ in payload.messages)
+            message_rows.extend(zip(message_ids, payload.messages, [conversation_id] * len(message_ids), strict=True))
+            results[index] = Accepted(id=conversation_id, message_ids=message_ids)
+    _insert_messages(tenant, message_rows)
+
+    missing = [(index, payload) for index, conversation_id, payload in rows if conversation_id not in inserted]
+    if missing:
+        for index, result in _explain_conversation_conflicts(tenant, missing, fingerprints).items():
+            results[index] = result
+    return [result for result in results if result is not None]
+
+
+def conversation_create(*, tenant: Tenant, payload: ConversationIn) -> Accepted:
+    """Store one conversation. Raises ``Conflict`` when the batch path rejects it."""
+    (result,) = conversation_create_batch(tenant=tenant, payloads=[payload])
+    if isinstance(result, Rejected):
+        raise Conflict(result.message, fields=result.fields)
+    return result
+
+
+@retry_on_deadlock()
+@transaction.atomic
+def message_ingest_batch(
+    *, tenant: Tenant, payloads: Sequence[InboundMessageIn], admission: bool = True
+) -> list[ItemResult]:
+    """Store inbound messages, each attached to its ``conversation_id`` or to the active
+    conversation of its (user, session), which is started when there is none.
+
+    A message whose ``external_id`` is already stored is a replay and gets the stored id, unless
+    its text differs (a conflict naming ``external_id``). An unknown or deleted
+    ``conversation_id`` rejects that item with ``not_found``.
+    """
+    if admission:
+        ingest_admission_check()
+    results: list[ItemResult | None] = [None] * len(payloads)
+
+    explicit = {payload.conversation_id for payload in payloads if payload.conversation_id is not None}
+    live = _live_conversation_ids(tenant, explicit)
+    session_ids = _resolve_sessions(tenant, [payload for payload in payloads if payload.conversation_id is None])
+
+    message_rows: list[tuple[UUID, MessageIn, UUID]] = []
+    positions: dict[UUID, int] = {}
+    for index, payload in enumerate(payloads):
+        if payload.conversation_id is not None:
+            if payload.conversation_id not in live:
+                results[index] = Rejected("not_found", "No such conversation.", {"conversation_id": ["Not found."]})
+                continue
+            conversation_id = payload.conversation_id
+        else:
+            conversation_id = session_ids[(payload.user_id or "", payload.session_id or "")]
+        message_id = uuid7()
+        positions[message_id] = index
+        message_rows.append((message_id, payload, conversation_id))
+
+    inserted = _insert_messages(tenant, message_rows)
+    replays: list[tuple[int, MessageIn]] = []
+    for message_id, payload, conversation_id in message_rows:
+        index = positions[message_id]
+        if message_id in inserted:
+            results[index] = Accepted(id=message_id, conversation_id=conversation_id)
+        else:
+            replays.append((index, payload))
+    if replays:
+        for index, result in _explain_message_replays(tenant, replays).items():
+            results[index] = result
+    return [result for result in results if result is not None]
+
+
+def message_ingest(*, tenant: Tenant, payload: InboundMessageIn) -> Accepted:
+    """Store one inbound message; raises ``Conflict`` or ``NotFound`` when the batch path rejects it."""
+    from convo.errors import NotFound
+
+    (result,) = message_ingest_batch(tenant=tenant, payloads=[payload])
+    if isinstance(result, Rejected):
+        error = NotFound if result.code == "not_found" else Conflict
+        raise error(result.message, fields=result.fields)
+    return result
+
+
+def conversation_messages_add(*, tenant: Tenant, conversation_id: UUID, payloads: Sequence[MessageIn]) -> list[ItemResult]:
+    """Append messages to one conversation (same path as inbound messages)."""
+    inbound = [
+        InboundMessageIn.model_construct(**dict(payload), conversation_id=conversation_id) for payload in payloads
+    ]
+    return message_ingest_batch(tenant=tenant, payloads=inbound)
+
+
+# --- storage ---------------------------------------------------------------------------------
+
+
+def _insert_conversations(
+    tenant: Tenant, rows: Sequence[tuple[int, UUID, ConversationIn]], fingerprints: Sequence[str]
+) -> set[UUID]:
+    if not rows:
+        return set()
+    columns: list[list[Any]] = [[] for _ in range(12)]
+    for index, conversation_id, payload in rows:
+        values = (
+            conversation_id,
+            tenant.pk,
+            payload.external_id,
+            payload.user_id,
+            payload.channel.value,
+            payload.session_id,
+            payload.status.value,
+            payload.summary,
+            payload.transcript,
+            Jsonb(payload.metadata),
+            _PENDING,
+            fingerprints[index],
+        )
+        for column, value in zip(columns, values, strict=True):
+            column.append(value)
+    with connection.cursor() as cursor:
+        cursor.execute(_INSERT_CONVERSATIONS, columns)
+        return {row[0] for row in cursor.fetchall()}
+
+
+def _insert_messages(tenant: Tenant, rows: Sequence[tuple[UUID, MessageIn, UUID]]) -> set[UUID]:
+    if not rows:
+        return set()
+    columns: list[list[Any]] = [[] for _ in range(11)]
+    for message_id, payload, conversation_id in rows:
+        values = (
+            message_id,
+            tenant.pk,
+            conversation_id,
+            payload.role.value,
+            payload.text,
+            payload.sender_name,
+            payload.sender_avatar_url,
+            payload.external_id,
+            None if payload.raw_payload is None else Jsonb(payload.raw_payload),
+            payload.sent_at,
+            _PENDING,
+        )
+        for column, value in zip(columns, values, strict=True):
+            column.append(value)
+    with connection.cursor() as cursor:
+        cursor.execute(_INSERT_MESSAGES, columns)
+        return {row[0] for row in cursor.fetchall()}
+
+
+def _live_conversation_ids(tenant: Tenant, ids: set[UUID]) -> set[UUID]:
+    if not ids:
+        return set()
+    # Locked in id order, so concurrent batches touching the same conversations queue up instead
+    # of deadlocking when the last_message_at trigger updates them.
+    return set(
+        Conversation.objects.filter(tenant=tenant, id__in=ids, deleted_at__isnull=True)
+        .order_by("id")
+        .select_for_update(no_key=True)
+        .values_list("id", flat=True)
+    )
+
+
+def _resolve_sessions(tenant: Tenant, payloads: Sequence[InboundMessageIn]) -> dict[tuple[str, str], UUID]:
+    """Map each (user, session) to its active conversation, starting those that have none."""
+    channels: dict[tuple[str, str], str] = {}
+    for payload in payloads:
+        channels.setdefault((payload.user_id or "", payload.session_id or ""), payload.channel.value)
+    if not channels:
+        return {}
+    keys = sorted(channels)  # a fixed order, so concurrent upserts lock rows in the same order
+    with connection.cursor() as cursor:
+        cursor.execute(
+            _UPSERT_SESSIONS,
+            [
+                tenant.pk,
+                [uuid7() for _ in keys],
+                [user for user, _ in keys],
+                [session for _, session in keys],
+                [channels[key] for key in keys],
+            ],
+        )
+        return {(user, session): conversation_id for conversation_id, user, session in cursor.fetchall()}
+
+
+def _taken_message_external_ids(tenant: Tenant, payloads: Sequence[ConversationIn]) -> set[str]:
+    wanted = [message.external_id for payload in payloads for message in payload.messages if message.external_id]
+    if not wanted:
+        return set()
+    return set(
+        Message.objects.filter(tenant=tenant, external_id__in=wanted).values_list("external_id", flat=True)
+    )
+
+
+def _message_external_id_clash(messages: Sequence[MessageIn], taken: set[str]) -> Rejected | None:
+    for position, message in enumerate(messages):
+        if message.external_id and message.external_id in taken:
+            return Rejected(
+                "conflict",
+                "A message with this external_id is already stored.",
+                {f"messages.{position}.external_id": ["Already stored."]},
+            )
+        if message.external_id:
+            taken.add(message.external_id)  # also catches the same id twice within one batch
+    return None
+
+
+def _explain_conversation_conflicts(
+    tenant: Tenant, missing: Sequence[tuple[int, ConversationIn]], fingerprints: Sequence[str]
+) -> dict[int, ItemResult]:
+    external_ids = [payload.external_id for _, payload in missing if payload.external_id]
+    stored = {
+        external_id: (conversation_id, fingerprint)
+        for conversation_id, external_id, fingerprint in Conversation.objects.filter(
+            tenant=tenant, external_id__in=external_ids
+        ).values_list("id", "external_id", "ingest_fingerprint")
+    }
+    explained: dict[int, ItemResult] = {}
+    for index, payload in missing:
+        if payload.external_id and payload.external_id in stored:
+            conversation_id, fingerprint = stored[payload.external_id]
+            if fingerprint == fingerprints[index]:
+                explained[index] = Accepted(id=conversation_id, replayed=True)
+            else:
+                explained[index] = Rejected(
+                    "conflict",
+                    "A conversation with this external_id was stored with a different body.",
+                    {"external_id": ["Already used with a different body."]},
+                )
+        else:
+            explained[index] = Rejected(
+                "conflict",
+                "This user already has an active conversation with this session_id.",
+                {"session_id": ["An active conversation with this user_id and session_id exists."]},
+            )
+    return explained
+
+
+def _explain_message_replays(tenant: Tenant, replays: Sequence[tuple[int, MessageIn]]) -> dict[int, ItemResult]:
+    external_ids = [payload.external_id for _, payload in replays if payload.external_id]
+    stored = {
+        external_id: (message_id, conversation_id, text)
+        for message_id, external_id, conversation_id, text in Message.objects.filter(
+            tenant=tenant, external_id__in=external_ids
+        ).values_list("id", "external_id", "conversation_id", "text")
+    }
+    explained: dict[int, ItemResult] = {}
+    for index, payload in replays:
+        message_id, conversation_id, text = stored[payload.external_id or ""]
+        if text == payload.text:
+            explained[index] = Accepted(id=message_id, conversation_id=conversation_id, replayed=True)
+        else:
+            explained[index] = Rejected(
+                "conflict",
+                "A message with this external_id was stored with a different text.",
+                {"external_id": ["Already used with a different text."]},
+            )
+    return explained

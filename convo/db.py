@@ -1,0 +1,41 @@
+"""Database helpers shared by services."""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Callable
+from typing import ParamSpec, TypeVar
+
+from django.db import OperationalError, connection
+
+logger = logging.getLogger(__name__)
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+# deadlock_detected and serialization_failure: PostgreSQL rolled the transaction back and the
+# same work, run again, normally succeeds.
+_RETRYABLE_SQLSTATES = {"40P01", "40001"}
+
+
+def retry_on_deadlock(attempts: int = 3) -> Callable[[Callable[P, R]], Callable[P, R]]:
+    """Run an atomic service again when PostgreSQL aborted it for a deadlock or serialization
+    failure. Only the outermost transaction can be retried; inside another one the error passes."""
+
+    def decorator(func: Callable[P, R]) -> Callable[P, R]:
+        @functools.wraps(func)
+        def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+            for attempt in range(1, attempts + 1):
+                try:
+                    return func(*args, **kwargs)
+                except OperationalError as exc:
+                    sqlstate = getattr(exc.__cause__, "sqlstate", None)
+                    if sqlstate not in _RETRYABLE_SQLSTATES or connection.in_atomic_block or attempt == attempts:
+                        raise
+                    logger.warning("retrying %s after %s (attempt %d)", func.__name__, sqlstate, attempt)
+            raise AssertionError("unreachable")
+
+        return wrapper
+
+    return decorator

@@ -1,0 +1,31 @@
+"""Django REST framework and OpenAPI."""
+
+from __future__ import annotations
+
+from typing import Any
+
+REST_FRAMEWORK: dict[str, Any] = {
+    "DEFAULT_AUTHENTICATION_CLASSES": [
+        "conversations.api.authentication.TenantApiKeyAuthentication",
+    ],
+    "DEFAULT_PERMISSION_CLASSES": ["conversations.api.authentication.IsTenant"],
+    "DEFAULT_PARSER_CLASSES": ["convo.api.parsers.BoundedJSONParser"],
+    "DEFAULT_RENDERER_CLASSES": ["convo.api.renderers.FastJSONRenderer"],
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "EXCEPTION_HANDLER": "convo.api.errors.api_exception_handler",
+    "UNAUTHENTICATED_USER": None,
+}
+
+SPECTACULAR_SETTINGS: dict[str, Any] = {
+    "TITLE": "convo API",
+    "DESCRIPTION": (
+        "Conversation memory and similar-message service. Authenticate with "
+        "`Authorization: Api-Key <key>`. Writes are acknowledged with 202 once committed; "
+        "embedding happens in the background."
+    ),
+    "VERSION": "1.0.0",
+    "SERVE_INCLUDE_SCHEMA": False,
+    "SERVE_PERMISSIONS": ["rest_framework.permissions.AllowAny"],
+    "SERVE_AUTHENTICATION": [],
+    "COMPONENT_SPLIT_REQUEST": True,
+}

@@ -1,0 +1,48 @@
+"""DATABASES: ``DATABASE_URL`` when set, otherwise the embedded PostgreSQL under the data dir.
+
+Seed 001's pool settings, on Django's own psycopg pool: a bounded pool per process, a bounded
+wait for a connection, a statement timeout so a runaway query cannot hold a connection forever,
+an idle-in-transaction timeout, and an application name that shows up in ``pg_stat_activity``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from convo.env import env
+
+
+def database_settings(*, data_dir: Path) -> dict[str, dict[str, Any]]:
+    if env.str("DATABASE_URL", default=""):
+        default = env.db_url("DATABASE_URL")
+    else:
+        from convo.embedded_db import embedded_server_start
+
+        server = embedded_server_start(data_dir=data_dir, database=env.str("CONVO_DB_NAME", default="convo"))
+        default = {
+            "ENGINE": "django.db.backends.postgresql",
+            "NAME": env.str("CONVO_DB_NAME", default="convo"),
+            "USER": "postgres",
+            "HOST": server.socket_dir,
+            "PORT": str(server.port),
+        }
+    default["ENGINE"] = "django.db.backends.postgresql"
+    statement_timeout_ms = env.int("DB_STATEMENT_TIMEOUT_MS", default=10_000)
+    idle_in_tx_timeout_ms = env.int("DB_IDLE_IN_TRANSACTION_TIMEOUT_MS", default=60_000)
+    default["CONN_MAX_AGE"] = 0  # the pool owns connection lifetime
+    default["CONN_HEALTH_CHECKS"] = False
+    default["OPTIONS"] = {
+        **default.get("OPTIONS", {}),
+        "application_name": env.str("DB_APPLICATION_NAME", default="convo"),
+        "options": f"-c statement_timeout={statement_timeout_ms} "
+        f"-c idle_in_transaction_session_timeout={idle_in_tx_timeout_ms}",
+        "pool": {
+            "min_size": env.int("DB_POOL_MIN_SIZE", default=2),
+            "max_size": env.int("DB_POOL_MAX_SIZE", default=20),
+            "timeout": env.float("DB_POOL_TIMEOUT_SECONDS", default=2.0),
+            "max_idle": env.float("DB_POOL_MAX_IDLE_SECONDS", default=30.0),
+            "max_lifetime": env.float("DB_POOL_MAX_LIFETIME_SECONDS", default=3600.0),
+        },
+    }
+    return {"default": default}
