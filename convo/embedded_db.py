@@ -15,6 +15,10 @@ from pathlib import Path
 
 logger = logging.getLogger(__name__)
 
+# True once this process has started the server (rather than found it running), so the process
+# that started it, such as a test session, knows to stop it.
+STARTED_BY_THIS_PROCESS = False
+
 # Server settings written once into postgresql.auto.conf. Durability settings stay at PostgreSQL's
 # safe defaults (fsync, synchronous_commit, full_page_writes): an acknowledged row must survive a
 # crash. The rest sizes the server for a single machine running web, worker and database.
@@ -66,6 +70,8 @@ def embedded_server_start(*, data_dir: Path, database: str) -> EmbeddedServer:
     )
     _ensure_database(embedded, database)
     if not was_running:
+        global STARTED_BY_THIS_PROCESS
+        STARTED_BY_THIS_PROCESS = True
         logger.info("embedded PostgreSQL started under %s", pgdata)
     return embedded
 

@@ -3,7 +3,17 @@ from rest_framework.routers import SimpleRouter
 
 from conversations.api.views import ConversationViewSet, MessageViewSet, UserStatsView
 
-router = SimpleRouter(trailing_slash="/?")
+
+class OptionalSlashRouter(SimpleRouter):
+    """Routes answer with and without a trailing slash: a POST must never meet APPEND_SLASH's
+    redirect, which would drop its body."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.trailing_slash = "/?"
+
+
+router = OptionalSlashRouter()
 router.register("conversations", ConversationViewSet, basename="conversation")
 router.register("messages", MessageViewSet, basename="message")
 

@@ -11,7 +11,7 @@ from django.db import migrations
 FORWARD = """
 CREATE FUNCTION convo_touch_updated_at() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
-    NEW.updated_at := now();
+    NEW.updated_at := statement_timestamp();
     RETURN NEW;
 END $$;
 

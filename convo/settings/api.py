@@ -29,3 +29,4 @@ SPECTACULAR_SETTINGS: dict[str, Any] = {
     "SERVE_AUTHENTICATION": [],
     "COMPONENT_SPLIT_REQUEST": True,
 }
+APPEND_SLASH = False  # an API POST must never be redirected (the body would be lost)

@@ -30,6 +30,8 @@ def database_settings(*, data_dir: Path) -> dict[str, dict[str, Any]]:
     default["ENGINE"] = "django.db.backends.postgresql"
     statement_timeout_ms = env.int("DB_STATEMENT_TIMEOUT_MS", default=10_000)
     idle_in_tx_timeout_ms = env.int("DB_IDLE_IN_TRANSACTION_TIMEOUT_MS", default=60_000)
+    # Parallel test runs against one server each need their own test database.
+    default["TEST"] = {"NAME": env.str("CONVO_TEST_DB_NAME", default=f"test_{default['NAME']}")}
     default["CONN_MAX_AGE"] = 0  # the pool owns connection lifetime
     default["CONN_HEALTH_CHECKS"] = False
     default["OPTIONS"] = {

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from convo.settings.base import *  # noqa: F403
-from convo.settings.base import CACHES as _CACHES
 from convo.settings.base import Q_CLUSTER as _Q_CLUSTER
 
 DEBUG = False
@@ -12,4 +11,3 @@ PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 Q_CLUSTER = {**_Q_CLUSTER, "sync": True}
 # Tests run on a local-memory cache; tests that exercise Redis build their own client from REDIS_URL.
 CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache", "LOCATION": "convo-tests"}}
-del _CACHES

@@ -1,0 +1,80 @@
+"""Fixtures shared by the whole suite. Tests run against the embedded PostgreSQL + pgvector
+(or DATABASE_URL), never a mock; the embedded server is stopped at the end if this run started it."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from django.conf import settings
+from rest_framework.test import APIClient
+
+from conversations.models import Tenant
+from conversations.selectors import api_key_cache_clear
+from conversations.services.admission import admission_cache_clear
+from conversations.services.tenants import tenant_api_key_create
+from tests.factories import TenantFactory
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    from convo import embedded_db
+
+    started = getattr(embedded_db, "STARTED_BY_THIS_PROCESS", False)
+    if started and not os.environ.get("CONVO_KEEP_EMBEDDED_DB"):
+        from django.db import connections
+
+        connections.close_all()
+        embedded_db.embedded_server_stop(data_dir=settings.CONVO_DATA_DIR)
+
+
+@pytest.fixture(autouse=True)
+def _fresh_process_caches() -> Iterator[None]:
+    """Process-local caches (API keys, backlog count) must not leak between tests."""
+    api_key_cache_clear()
+    admission_cache_clear()
+    yield
+    api_key_cache_clear()
+    admission_cache_clear()
+
+
+@pytest.fixture
+def tenant(db: Any) -> Tenant:
+    return TenantFactory()
+
+
+@pytest.fixture
+def other_tenant(db: Any) -> Tenant:
+    return TenantFactory()
+
+
+def client_for(tenant: Tenant) -> APIClient:
+    _, key = tenant_api_key_create(tenant=tenant, name="tests")
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=f"Api-Key {key}")
+    return client
+
+
+@pytest.fixture
+def api(tenant: Tenant) -> APIClient:
+    """An API client authenticated as ``tenant``."""
+    return client_for(tenant)
+
+
+@pytest.fixture
+def other_api(other_tenant: Tenant) -> APIClient:
+    """An API client authenticated as ``other_tenant``."""
+    return client_for(other_tenant)
+
+
+@pytest.fixture
+def redis_url() -> str:
+    """The Redis to test against. Without REDIS_URL a test that needs Redis is skipped locally,
+    but fails under CI=true: there it must run."""
+    url = os.environ.get("REDIS_URL", "")
+    if not url:
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail("REDIS_URL must be set when CI=true: Redis tests may not be skipped in CI")
+        pytest.skip("REDIS_URL is not set")
+    return url
