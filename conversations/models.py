@@ -90,11 +90,11 @@ class Conversation(models.Model):
     id = models.UUIDField(primary_key=True, default=uuid7, editable=False)
     tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="conversations", db_index=False)
     # The client's own id for the conversation; replaying a create with it returns the same row.
-    external_id = models.CharField(max_length=255, null=True, blank=True)
+    external_id = models.CharField(max_length=255, null=True, blank=True)  # noqa: DJ001 NULL = none given; unique when set
     # Chat platforms identify people with strings ("tg:12345", an e-mail address, a UUID).
     external_user_id = models.CharField("user id", max_length=255)
     channel = models.CharField(max_length=20, choices=Channel.choices, default=Channel.WEB)
-    session_id = models.CharField(max_length=255, null=True, blank=True)
+    session_id = models.CharField(max_length=255, null=True, blank=True)  # noqa: DJ001 NULL = no session
     status = models.CharField(max_length=20, choices=ConversationStatus.choices, default=ConversationStatus.ACTIVE)
     summary = models.TextField(blank=True, default="")
     transcript = models.TextField(blank=True, default="")
@@ -114,15 +114,25 @@ class Conversation(models.Model):
             models.Index(fields=["tenant", "external_user_id", "-created_at"], name="conv_tenant_user_created"),
             models.Index(fields=["tenant", "channel", "-created_at"], name="conv_tenant_channel_created"),
             models.Index(fields=["tenant", "status", "-created_at"], name="conv_tenant_status_created"),
-            models.Index(fields=["tenant", "-created_at"], name="conv_tenant_created_live", condition=Q(deleted_at__isnull=True)),
-            models.Index(fields=["tenant", "external_user_id", "-last_message_at"], name="conv_active_user", condition=_ACTIVE),
+            models.Index(
+                fields=["tenant", "-created_at"], name="conv_tenant_created_live", condition=Q(deleted_at__isnull=True)
+            ),
+            models.Index(
+                fields=["tenant", "external_user_id", "-last_message_at"], name="conv_active_user", condition=_ACTIVE
+            ),
             GinIndex(fields=["metadata"], name="conv_metadata_gin", opclasses=["jsonb_path_ops"]),
             # The embedding worker's "next pending work": oldest first, only the rows still waiting.
             models.Index(fields=["created_at"], name="conv_embedding_pending", condition=Q(embedding_state="pending")),
         ]
         constraints = [
-            models.UniqueConstraint(fields=["tenant", "external_user_id", "session_id"], name="conv_unique_active_session", condition=_ACTIVE),
-            models.UniqueConstraint(fields=["tenant", "external_id"], name="conv_unique_external_id", condition=Q(external_id__isnull=False)),
+            models.UniqueConstraint(
+                fields=["tenant", "external_user_id", "session_id"],
+                name="conv_unique_active_session",
+                condition=_ACTIVE,
+            ),
+            models.UniqueConstraint(
+                fields=["tenant", "external_id"], name="conv_unique_external_id", condition=Q(external_id__isnull=False)
+            ),
             _choices_check("status", ConversationStatus, "conv_status_valid"),
             _choices_check("channel", Channel, "conv_channel_valid"),
             _choices_check("embedding_state", EmbeddingState, "conv_embedding_state_valid"),
@@ -135,15 +145,13 @@ class Conversation(models.Model):
 class Message(models.Model):
     id = models.UUIDField(primary_key=True, default=uuid7, editable=False)
     tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="messages", db_index=False)
-    conversation = models.ForeignKey(
-        Conversation, on_delete=models.CASCADE, related_name="messages", db_index=False
-    )
+    conversation = models.ForeignKey(Conversation, on_delete=models.CASCADE, related_name="messages", db_index=False)
     role = models.CharField(max_length=10, choices=Role.choices, default=Role.USER)
     text = models.TextField()
     sender_name = models.CharField(max_length=255, blank=True, default="")
     sender_avatar_url = models.URLField(max_length=2048, blank=True, default="")
     # The chat platform's id of the message; replaying it returns the same row.
-    external_id = models.CharField(max_length=255, null=True, blank=True)
+    external_id = models.CharField(max_length=255, null=True, blank=True)  # noqa: DJ001 NULL = none given; unique when set
     raw_payload = models.JSONField(null=True, blank=True)
     # When the platform says the message was sent; created_at is when convo stored it.
     sent_at = models.DateTimeField(null=True, blank=True)
@@ -158,7 +166,9 @@ class Message(models.Model):
             models.Index(fields=["created_at"], name="msg_embedding_pending", condition=Q(embedding_state="pending")),
         ]
         constraints = [
-            models.UniqueConstraint(fields=["tenant", "external_id"], name="msg_unique_external_id", condition=Q(external_id__isnull=False)),
+            models.UniqueConstraint(
+                fields=["tenant", "external_id"], name="msg_unique_external_id", condition=Q(external_id__isnull=False)
+            ),
             _choices_check("role", Role, "msg_role_valid"),
             _choices_check("embedding_state", EmbeddingState, "msg_embedding_state_valid"),
         ]
@@ -184,3 +194,6 @@ class IdempotencyRecord(models.Model):
             models.UniqueConstraint(fields=["tenant", "scope", "key"], name="idempotency_unique_key"),
         ]
         indexes = [models.Index(fields=["created_at"], name="idempotency_created")]
+
+    def __str__(self) -> str:
+        return f"{self.scope}:{self.key}"

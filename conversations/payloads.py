@@ -61,7 +61,9 @@ def _http_url(value: str) -> str:
     return value
 
 
-Identifier = Annotated[str, Field(min_length=1, max_length=_IDENTIFIER_MAX), AfterValidator(lambda v: _at_most(v, _IDENTIFIER_MAX))]
+Identifier = Annotated[
+    str, Field(min_length=1, max_length=_IDENTIFIER_MAX), AfterValidator(lambda v: _at_most(v, _IDENTIFIER_MAX))
+]
 Text = Annotated[str, AfterValidator(_text)]
 OptionalText = Annotated[str, AfterValidator(_optional_text)]
 Transcript = Annotated[str, AfterValidator(_transcript)]

@@ -87,7 +87,9 @@ def embedded_server_stop(*, data_dir: Path) -> bool:
     if info is None or not info.is_running():
         return False
     user = "pgserver" if _running_as_root() else None
-    _commands.pg_ctl(["-w", "-m", "fast", "stop"], pgdata=pgdata, user=user, timeout=60)
+    _commands.pg_ctl(  # type: ignore[attr-defined]
+        ["-w", "-m", "fast", "stop"], pgdata=pgdata, user=user, timeout=60
+    )
     return True
 
 
@@ -98,7 +100,9 @@ def _configure(server: object) -> None:
 
     user = "pgserver" if _running_as_root() else None
     pgdata = server.pgdata  # type: ignore[attr-defined]
-    _commands.pg_ctl(["-w", "-m", "fast", "restart"], pgdata=pgdata, user=user, timeout=60)
+    _commands.pg_ctl(  # type: ignore[attr-defined]
+        ["-w", "-m", "fast", "restart"], pgdata=pgdata, user=user, timeout=60
+    )
     # pgserver caches the postmaster info of the first start; refresh it after the restart.
     from pgserver.utils import PostmasterInfo
 

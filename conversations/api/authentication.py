@@ -9,8 +9,8 @@ from rest_framework.exceptions import AuthenticationFailed
 from rest_framework.permissions import BasePermission
 from rest_framework.request import Request
 
-from convo.api.principal import TenantPrincipal
 from conversations.selectors import tenant_for_api_key
+from convo.api.principal import TenantPrincipal
 
 KEYWORD = "Api-Key"
 

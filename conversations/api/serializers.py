@@ -12,7 +12,7 @@ from conversations.selectors import ConversationFilters
 from conversations.services.results import Accepted, ItemResult
 
 
-class AcceptedSerializer(serializers.Serializer):  # type: ignore[type-arg]
+class AcceptedSerializer(serializers.Serializer):
     id = serializers.UUIDField()
     state = serializers.CharField(help_text="`pending` until the item is embedded.")
     replayed = serializers.BooleanField(help_text="True when this request repeated an earlier one.")
@@ -26,13 +26,13 @@ class AcceptedConversationSerializer(AcceptedSerializer):
     message_ids = serializers.ListField(child=serializers.UUIDField())
 
 
-class ItemErrorSerializer(serializers.Serializer):  # type: ignore[type-arg]
+class ItemErrorSerializer(serializers.Serializer):
     code = serializers.CharField()
     message = serializers.CharField()
-    fields = serializers.DictField(child=serializers.ListField(child=serializers.CharField()))
+    fields = serializers.DictField(child=serializers.ListField(child=serializers.CharField()))  # type: ignore[assignment]
 
 
-class BatchItemSerializer(serializers.Serializer):  # type: ignore[type-arg]
+class BatchItemSerializer(serializers.Serializer):
     index = serializers.IntegerField()
     id = serializers.UUIDField(required=False)
     state = serializers.CharField(required=False)
@@ -40,7 +40,7 @@ class BatchItemSerializer(serializers.Serializer):  # type: ignore[type-arg]
     error = ItemErrorSerializer(required=False)
 
 
-class BatchResultSerializer(serializers.Serializer):  # type: ignore[type-arg]
+class BatchResultSerializer(serializers.Serializer):
     accepted = serializers.IntegerField()
     rejected = serializers.IntegerField()
     results = BatchItemSerializer(many=True)
@@ -72,7 +72,7 @@ def batch_body(results: list[ItemResult | dict[str, list[str]]], *, kind: str) -
     return {"accepted": accepted, "rejected": len(results) - accepted, "results": items}
 
 
-class MessageSerializer(serializers.ModelSerializer):  # type: ignore[type-arg]
+class MessageSerializer(serializers.ModelSerializer):
     class Meta:
         model = Message
         fields = [
@@ -93,7 +93,7 @@ class MessageSerializer(serializers.ModelSerializer):  # type: ignore[type-arg]
     conversation_id = serializers.UUIDField(read_only=True)
 
 
-class ConversationSerializer(serializers.ModelSerializer):  # type: ignore[type-arg]
+class ConversationSerializer(serializers.ModelSerializer):
     user_id = serializers.CharField(source="external_user_id", read_only=True)
 
     class Meta:
@@ -126,7 +126,7 @@ class ConversationDetailSerializer(ConversationSerializer):
         read_only_fields = fields
 
 
-class ConversationFilterSerializer(serializers.Serializer):  # type: ignore[type-arg]
+class ConversationFilterSerializer(serializers.Serializer):
     user_id = serializers.CharField(required=False, max_length=255)
     channel = serializers.ChoiceField(choices=Channel.choices, required=False)
     status = serializers.ChoiceField(choices=ConversationStatus.choices, required=False)
@@ -155,11 +155,11 @@ class ConversationFilterSerializer(serializers.Serializer):  # type: ignore[type
         return ConversationFilters(**data)
 
 
-class UserStatsQuerySerializer(serializers.Serializer):  # type: ignore[type-arg]
+class UserStatsQuerySerializer(serializers.Serializer):
     days = serializers.IntegerField(min_value=1, max_value=3650, default=30)
 
 
-class UserStatsSerializer(serializers.Serializer):  # type: ignore[type-arg]
+class UserStatsSerializer(serializers.Serializer):
     user_id = serializers.CharField()
     days = serializers.IntegerField()
     total = serializers.IntegerField()

@@ -15,10 +15,6 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from convo.api.errors import FieldErrors
-from convo.api.pagination import NewestFirstCursorPagination, OldestFirstCursorPagination
-from convo.api.tenancy import TenantScopedViewSet, request_tenant
-from convo.api.validation import batch_items, parse_item, parse_payload
 from conversations.api import serializers as out
 from conversations.models import Conversation
 from conversations.payloads import (
@@ -42,6 +38,10 @@ from conversations.services.ingest import (
     message_ingest_batch,
 )
 from conversations.services.results import ItemResult
+from convo.api.errors import FieldErrors
+from convo.api.pagination import NewestFirstCursorPagination, OldestFirstCursorPagination
+from convo.api.tenancy import TenantScopedViewSet, request_tenant
+from convo.api.validation import batch_items, parse_item, parse_payload
 
 UUID_PATTERN = "[0-9a-fA-F]{8}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{12}"
 
@@ -54,10 +54,8 @@ IDEMPOTENCY_KEY = OpenApiParameter(
 BACKPRESSURE = {503: OpenApiTypes.OBJECT}
 
 
-class IdempotentWrites:
-    """Runs a write once per ``Idempotency-Key`` (when the client sends one)."""
-
-    request: Request
+class IdempotentWritesViewSet(TenantScopedViewSet):
+    """A tenant-scoped viewset whose writes run once per ``Idempotency-Key`` (when sent)."""
 
     def respond(self, scope: str, build: Callable[[], tuple[int, Any]]) -> Response:
         key = self.request.headers.get("Idempotency-Key")
@@ -105,7 +103,7 @@ def _merge(slots: list[Any], positions: list[int], results: list[ItemResult]) ->
     return slots
 
 
-class ConversationViewSet(IdempotentWrites, TenantScopedViewSet):
+class ConversationViewSet(IdempotentWritesViewSet):
     base_queryset = Conversation.objects.filter(deleted_at__isnull=True)
     serializer_class = out.ConversationSerializer
     pagination_class = NewestFirstCursorPagination
@@ -124,9 +122,9 @@ class ConversationViewSet(IdempotentWrites, TenantScopedViewSet):
         conversation = self.get_object()
         limit: int = settings.CONVO_MAX_PAGE_SIZE
         messages = list(conversation_messages(conversation=conversation)[: limit + 1])
-        conversation.first_messages = messages[:limit]  # type: ignore[attr-defined]
-        conversation.messages_truncated = len(messages) > limit  # type: ignore[attr-defined]
-        conversation.message_count = (  # type: ignore[attr-defined]
+        conversation.first_messages = messages[:limit]
+        conversation.messages_truncated = len(messages) > limit
+        conversation.message_count = (
             len(messages) if len(messages) <= limit else conversation_messages(conversation=conversation).count()
         )
         return Response(out.ConversationDetailSerializer(conversation).data)
@@ -224,7 +222,7 @@ class ConversationViewSet(IdempotentWrites, TenantScopedViewSet):
         return self.respond(f"conversations.messages:{conversation.pk}", build)
 
 
-class MessageViewSet(IdempotentWrites, TenantScopedViewSet):
+class MessageViewSet(IdempotentWritesViewSet):
     """Inbound messages (seed 002's IngestMessage)."""
 
     base_queryset = Conversation.objects.none()
@@ -232,7 +230,12 @@ class MessageViewSet(IdempotentWrites, TenantScopedViewSet):
     @extend_schema(
         request=InboundMessageIn,
         parameters=[IDEMPOTENCY_KEY],
-        responses={202: out.AcceptedMessageSerializer, 404: OpenApiTypes.OBJECT, 409: OpenApiTypes.OBJECT, **BACKPRESSURE},
+        responses={
+            202: out.AcceptedMessageSerializer,
+            404: OpenApiTypes.OBJECT,
+            409: OpenApiTypes.OBJECT,
+            **BACKPRESSURE,
+        },
     )
     def create(self, request: Request) -> Response:
         payload = parse_payload(InboundMessageIn, request.data)
@@ -273,7 +276,7 @@ class UserStatsView(APIView):
         query.is_valid(raise_exception=True)
         if len(user_id) > 255:
             raise FieldErrors({"user_id": ["Ensure this field has no more than 255 characters."]})
-        stats = user_conversation_stats(tenant=request_tenant(request), user_id=user_id, days=query.validated_data["days"])
+        stats = user_conversation_stats(
+            tenant=request_tenant(request), user_id=user_id, days=query.validated_data["days"]
+        )
         return Response(out.UserStatsSerializer(stats).data)
-
-

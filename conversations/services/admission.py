@@ -9,8 +9,8 @@ import time
 from django.conf import settings
 from django.db import connection
 
-from convo.errors import Overloaded
 from conversations.models import Conversation, Message
+from convo.errors import Overloaded
 
 _lock = threading.Lock()
 _cached_count = 0

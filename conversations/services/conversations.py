@@ -9,9 +9,9 @@ from django.db import IntegrityError, connection, transaction
 from django.db.models.functions import Now
 from psycopg.types.json import Jsonb
 
-from convo.errors import Conflict, NotFound
 from conversations.models import Conversation, EmbeddingState, Tenant
 from conversations.payloads import ConversationUpdateIn, ConversationUpsertIn
+from convo.errors import Conflict, NotFound
 
 # Fields whose change means the stored embedding no longer describes the conversation.
 _EMBEDDED_FIELDS = {"summary", "transcript"}
@@ -34,15 +34,15 @@ RETURNING (xmax = 0) AS created
 """
 
 
-def conversation_upsert(*, tenant: Tenant, conversation_id: UUID, payload: ConversationUpsertIn) -> tuple[Conversation, bool]:
+def conversation_upsert(
+    *, tenant: Tenant, conversation_id: UUID, payload: ConversationUpsertIn
+) -> tuple[Conversation, bool]:
     """Seed 001's ``upsert_conversation``: create the conversation under ``conversation_id`` or
     replace its writable fields. Returns it with ``created``. An id that belongs to another tenant,
     or to a deleted conversation, is ``NotFound`` (never overwritten, never revealed)."""
     try:
         with transaction.atomic(), connection.cursor() as cursor:
-            cursor.execute(
-                _UPSERT,
-                [
+            params: list[Any] = [
                     conversation_id,
                     tenant.pk,
                     payload.external_id,
@@ -53,8 +53,8 @@ def conversation_upsert(*, tenant: Tenant, conversation_id: UUID, payload: Conve
                     payload.summary,
                     payload.transcript,
                     Jsonb(payload.metadata),
-                ],
-            )
+            ]
+            cursor.execute(_UPSERT, params)
             row = cursor.fetchone()
     except IntegrityError as exc:
         raise _conflict(exc) from None
@@ -99,7 +99,5 @@ def _conflict(exc: IntegrityError) -> Conflict:
             fields={"session_id": ["An active conversation with this user_id and session_id exists."]},
         )
     if constraint == "conv_unique_external_id":
-        return Conflict(
-            "Another conversation has this external_id.", fields={"external_id": ["Already used."]}
-        )
+        return Conflict("Another conversation has this external_id.", fields={"external_id": ["Already used."]})
     raise exc

@@ -16,8 +16,8 @@ from typing import Any
 import orjson
 from django.db import connection, transaction
 
-from convo.errors import Conflict
 from conversations.models import IdempotencyRecord, Tenant
+from convo.errors import Conflict
 
 MAX_KEY_LENGTH = 255
 
@@ -57,13 +57,15 @@ def idempotent_call(
                 "WHERE tenant_id = %s AND scope = %s AND key = %s",
                 [tenant.pk, scope, key],
             )
-            stored_fingerprint, status, body = cursor.fetchone()  # type: ignore[misc]
+            stored_fingerprint, status, body = cursor.fetchone()
             if stored_fingerprint != fingerprint:
                 raise Conflict(
                     "This Idempotency-Key was already used with a different request body.",
                     fields={"Idempotency-Key": ["Already used with a different request body."]},
                 )
-            return StoredResponse(status=status, body=orjson.loads(body) if isinstance(body, str) else body, replayed=True)
+            return StoredResponse(
+                status=status, body=orjson.loads(body) if isinstance(body, str) else body, replayed=True
+            )
 
         status, body = action()
         cursor.execute(

@@ -19,13 +19,13 @@ from uuid import UUID
 from django.db import connection, transaction
 from psycopg.types.json import Jsonb
 
-from convo.db import retry_on_deadlock
-from convo.errors import Conflict
-from convo.ids import uuid7
 from conversations.models import Conversation, EmbeddingState, Message, Tenant
 from conversations.payloads import ConversationIn, InboundMessageIn, MessageIn
 from conversations.services.admission import ingest_admission_check
 from conversations.services.results import Accepted, ItemResult, Rejected
+from convo.db import retry_on_deadlock
+from convo.errors import Conflict
+from convo.ids import uuid7
 
 _CONVERSATIONS = Conversation._meta.db_table
 _MESSAGES = Message._meta.db_table
@@ -149,12 +149,12 @@ def message_ingest_batch(
 
     inserted = _insert_messages(tenant, message_rows)
     replays: list[tuple[int, MessageIn]] = []
-    for message_id, payload, conversation_id in message_rows:
+    for message_id, message, conversation_id in message_rows:
         index = positions[message_id]
         if message_id in inserted:
             results[index] = Accepted(id=message_id, conversation_id=conversation_id)
         else:
-            replays.append((index, payload))
+            replays.append((index, message))
     if replays:
         for index, result in _explain_message_replays(tenant, replays).items():
             results[index] = result
@@ -172,7 +172,9 @@ def message_ingest(*, tenant: Tenant, payload: InboundMessageIn) -> Accepted:
     return result
 
 
-def conversation_messages_add(*, tenant: Tenant, conversation_id: UUID, payloads: Sequence[MessageIn]) -> list[ItemResult]:
+def conversation_messages_add(
+    *, tenant: Tenant, conversation_id: UUID, payloads: Sequence[MessageIn]
+) -> list[ItemResult]:
     """Append messages to one conversation (same path as inbound messages)."""
     inbound = [
         InboundMessageIn.model_construct(**dict(payload), conversation_id=conversation_id) for payload in payloads
@@ -275,9 +277,8 @@ def _taken_message_external_ids(tenant: Tenant, payloads: Sequence[ConversationI
     wanted = [message.external_id for payload in payloads for message in payload.messages if message.external_id]
     if not wanted:
         return set()
-    return set(
-        Message.objects.filter(tenant=tenant, external_id__in=wanted).values_list("external_id", flat=True)
-    )
+    stored = Message.objects.filter(tenant=tenant, external_id__in=wanted).values_list("external_id", flat=True)
+    return {external_id for external_id in stored if external_id}
 
 
 def _message_external_id_clash(messages: Sequence[MessageIn], taken: set[str]) -> Rejected | None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import cast
+
 from django.db import transaction
 from rest_framework_api_key.crypto import KeyGenerator
 
@@ -24,7 +26,8 @@ def tenant_api_key_create(*, tenant: Tenant, name: str, key: str | None = None) 
     have the library's ``<prefix>.<secret>`` form with an 8-character prefix.
     """
     if key is None:
-        return TenantAPIKey.objects.create_key(tenant=tenant, name=name)
+        created, plain = TenantAPIKey.objects.create_key(tenant=tenant, name=name)
+        return cast(TenantAPIKey, created), plain
     prefix, dot, secret = key.partition(".")
     if not dot or len(prefix) != 8 or len(secret) < 32:
         raise ValueError("an API key must look like <8-character prefix>.<at least 32 characters>")

@@ -60,10 +60,10 @@ def error_body(code: str, message: str, fields: dict[str, list[str]] | None = No
 
 def api_exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
     if isinstance(exc, ServiceError):
-        response = Response(error_body(exc.code, exc.message, exc.fields), status=exc.http_status)
+        service_response = Response(error_body(exc.code, exc.message, exc.fields), status=exc.http_status)
         if isinstance(exc, Overloaded):
-            response["Retry-After"] = str(exc.retry_after)
-        return response
+            service_response["Retry-After"] = str(exc.retry_after)
+        return service_response
     if isinstance(exc, Http404):
         exc = exceptions.NotFound()
     elif isinstance(exc, PermissionDenied):

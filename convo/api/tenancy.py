@@ -26,7 +26,7 @@ def request_tenant(request: Request) -> Tenant:
     return principal.tenant
 
 
-class TenantScopedViewSet(GenericViewSet):  # type: ignore[type-arg]
+class TenantScopedViewSet(GenericViewSet):
     base_queryset: ClassVar[QuerySet[Any] | None] = None
     tenant_field: ClassVar[str] = "tenant"
 

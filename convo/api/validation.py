@@ -51,7 +51,9 @@ def batch_items(data: Any, *, field: str, limit: int) -> list[Any]:
     if not items:
         raise FieldErrors({field: ["Expected at least one item."]})
     if len(items) > limit:
-        raise FieldErrors({field: [f"Ensure this list has at most {limit} items (got {len(items)})."]}, code="batch_too_large")
+        raise FieldErrors(
+            {field: [f"Ensure this list has at most {limit} items (got {len(items)})."]}, code="batch_too_large"
+        )
     extra = sorted(set(data) - {field})
     if extra:
         raise FieldErrors({name: ["Unknown field."] for name in extra})

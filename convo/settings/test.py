@@ -2,6 +2,13 @@
 
 from __future__ import annotations
 
+import os
+
+from convo.env import BASE_DIR
+
+# The suite runs its own embedded server, so `make test` never disturbs a running `make run`.
+os.environ.setdefault("CONVO_DATA_DIR", str(BASE_DIR / ".data" / "test"))
+
 from convo.settings.base import *  # noqa: F403
 from convo.settings.base import Q_CLUSTER as _Q_CLUSTER
 
