@@ -58,6 +58,10 @@ def embedded_server_start(*, data_dir: Path, database: str) -> EmbeddedServer:
     was_running = before is not None and before.is_running()
     fresh = not (pgdata / "PG_VERSION").exists()
 
+    if not was_running:
+        # pgserver keeps one handle per folder for the life of the process; after a stop that
+        # handle is stale and would be returned without starting anything.
+        pgserver.PostgresServer._instances.pop(pgdata, None)
     server = pgserver.get_server(pgdata, cleanup_mode=None)
     if fresh:
         _configure(server)

@@ -1,0 +1,42 @@
+"""Migrations are reversible and produce the indexes the query patterns need."""
+
+from __future__ import annotations
+
+import pytest
+from django.core.management import call_command
+from django.db import connection
+
+
+def index_names() -> set[str]:
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT indexname FROM pg_indexes WHERE tablename LIKE 'conversations_%'")
+        return {row[0] for row in cursor.fetchall()}
+
+
+@pytest.mark.django_db(transaction=True)
+def test_conversations_migrations_reverse_and_reapply():
+    expected = {
+        "conv_tenant_user_created", "conv_tenant_channel_created", "conv_tenant_created_live", "conv_active_user",
+        "conv_metadata_gin", "conv_embedding_pending", "conv_unique_active_session", "msg_embedding_pending",
+    }
+    assert expected <= index_names()
+    call_command("migrate", "conversations", "zero", verbosity=0)
+    assert not index_names()
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT count(*) FROM pg_proc WHERE proname LIKE 'convo_%'")
+        assert cursor.fetchone()[0] == 0
+    call_command("migrate", "conversations", verbosity=0)
+    assert expected <= index_names()
+
+
+@pytest.mark.django_db
+def test_sqlmigrate_shows_partial_and_gin_indexes():
+    from io import StringIO
+
+    out = StringIO()
+    call_command("sqlmigrate", "conversations", "0001", stdout=out)
+    sql = out.getvalue()
+    assert 'CREATE UNIQUE INDEX "conv_unique_active_session"' in sql
+    assert 'WHERE ("deleted_at" IS NULL AND "status" = \'active\')' in sql
+    assert "USING gin (\"metadata\" jsonb_path_ops)" in sql
+    assert 'WHERE "embedding_state" = \'pending\'' in sql
