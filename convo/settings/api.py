@@ -28,5 +28,7 @@ SPECTACULAR_SETTINGS: dict[str, Any] = {
     "SERVE_PERMISSIONS": ["rest_framework.permissions.AllowAny"],
     "SERVE_AUTHENTICATION": [],
     "COMPONENT_SPLIT_REQUEST": True,
+    # OpenAPI 3.1 is JSON Schema 2020-12, which is what pydantic emits for the ingest payloads.
+    "OAS_VERSION": "3.1.0",
 }
 APPEND_SLASH = False  # an API POST must never be redirected (the body would be lost)

@@ -20,11 +20,14 @@ def conversation(**overrides):
 
 
 def test_create_stores_rows_pending_and_answers_202_with_ids(api, tenant):
-    response = api.post(URL, conversation(messages=[{"text": "hi"}, {"role": "assistant", "text": "hello"}]), format="json")
+    response = api.post(
+        URL, conversation(messages=[{"text": "hi"}, {"role": "assistant", "text": "hello"}]), format="json"
+    )
 
     assert response.status_code == 202
     body = response.json()
-    assert body["state"] == "pending" and body["replayed"] is False
+    assert body["state"] == "pending"
+    assert body["replayed"] is False
     stored = Conversation.objects.get(pk=body["id"])
     assert stored.tenant == tenant
     assert stored.embedding_state == EmbeddingState.PENDING
@@ -207,7 +210,8 @@ def test_inbound_message_external_id_replay_and_conflict(api):
     body = {"user_id": "u", "session_id": "s", "text": "hi", "external_id": "tg-1"}
     first = api.post("/api/v1/messages", body, format="json").json()
     again = api.post("/api/v1/messages", body, format="json").json()
-    assert again["id"] == first["id"] and again["replayed"] is True
+    assert again["id"] == first["id"]
+    assert again["replayed"] is True
     conflict = api.post("/api/v1/messages", {**body, "text": "edited"}, format="json")
     assert conflict.status_code == 409
     assert "external_id" in conflict.json()["error"]["fields"]
@@ -232,7 +236,9 @@ def test_message_batch_mixes_sessions_and_reports_each_item(api):
 
 def test_messages_can_be_added_to_a_conversation(api):
     created = api.post(URL, conversation(), format="json").json()
-    response = api.post(f"{URL}/{created['id']}/messages", {"messages": [{"text": "one"}, {"text": "two"}]}, format="json")
+    response = api.post(
+        f"{URL}/{created['id']}/messages", {"messages": [{"text": "one"}, {"text": "two"}]}, format="json"
+    )
     assert response.status_code == 202
     listed = api.get(f"{URL}/{created['id']}/messages").json()["results"]
     assert [m["text"] for m in listed] == ["How much is it?", "one", "two"]

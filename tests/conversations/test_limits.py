@@ -26,7 +26,8 @@ def test_transcript_length_limit(api, settings):
     settings.CONVO_MAX_TRANSCRIPT_CHARS = 1000
     assert api.post(URL, {"user_id": "u", "transcript": "x" * 1000}, format="json").status_code == 202
     past = api.post(URL, {"user_id": "v", "transcript": "x" * 1001}, format="json")
-    assert past.status_code == 400 and "transcript" in past.json()["error"]["fields"]
+    assert past.status_code == 400
+    assert "transcript" in past.json()["error"]["fields"]
 
 
 def test_messages_per_conversation_limit(api, settings):
@@ -34,7 +35,8 @@ def test_messages_per_conversation_limit(api, settings):
     at = api.post(URL, {"user_id": "u", "messages": [{"text": "m"}] * 4}, format="json")
     past = api.post(URL, {"user_id": "v", "messages": [{"text": "m"}] * 5}, format="json")
     assert at.status_code == 202
-    assert past.status_code == 400 and "messages" in past.json()["error"]["fields"]
+    assert past.status_code == 400
+    assert "messages" in past.json()["error"]["fields"]
 
 
 def test_json_field_size_limit(api, settings):
@@ -43,14 +45,16 @@ def test_json_field_size_limit(api, settings):
     assert len(orjson.dumps(fits)) == 100
     assert api.post(URL, {"user_id": "u", "metadata": fits}, format="json").status_code == 202
     past = api.post(URL, {"user_id": "v", "metadata": {"k": fits["k"] + "v"}}, format="json")
-    assert past.status_code == 400 and "metadata" in past.json()["error"]["fields"]
+    assert past.status_code == 400
+    assert "metadata" in past.json()["error"]["fields"]
 
 
 def test_batch_size_limit_at_the_default_of_1000(api, settings):
     assert settings.CONVO_MAX_BATCH_ITEMS == 1000
     items = [{"user_id": f"u{i}"} for i in range(1000)]
     at = api.post(f"{URL}/batch", {"conversations": items}, format="json")
-    assert at.status_code == 202 and at.json()["accepted"] == 1000
+    assert at.status_code == 202
+    assert at.json()["accepted"] == 1000
     past = api.post(f"{URL}/batch", {"conversations": [*items, {"user_id": "one-more"}]}, format="json")
     assert past.status_code == 400
     assert past.json()["error"]["code"] == "batch_too_large"
@@ -63,7 +67,8 @@ def test_message_batch_size_limit(api, settings):
     item = {"user_id": "u", "session_id": "s", "text": "hi"}
     assert api.post("/api/v1/messages/batch", {"messages": [item] * 3}, format="json").status_code == 202
     past = api.post("/api/v1/messages/batch", {"messages": [item] * 4}, format="json")
-    assert past.status_code == 400 and "messages" in past.json()["error"]["fields"]
+    assert past.status_code == 400
+    assert "messages" in past.json()["error"]["fields"]
 
 
 def test_body_size_limit_answers_413_json(api, settings):
@@ -85,7 +90,8 @@ def test_page_size_limit(api, tenant, settings):
         ConversationFactory(tenant=tenant)
     assert len(api.get(URL, {"page_size": 5}).json()["results"]) == 5
     past = api.get(URL, {"page_size": 6})
-    assert past.status_code == 400 and "page_size" in past.json()["error"]["fields"]
+    assert past.status_code == 400
+    assert "page_size" in past.json()["error"]["fields"]
     assert api.get(URL, {"page_size": "zero"}).status_code == 400
 
 
@@ -116,7 +122,8 @@ def test_backpressure_answers_503_with_retry_after_at_the_bound(api, tenant, set
         assert response.status_code == 503, path
         assert response["Retry-After"] == "7"
         assert response.json()["error"]["code"] == "overloaded"
-    assert Conversation.objects.count() == 2 and Message.objects.count() == 2
+    assert Conversation.objects.count() == 2
+    assert Message.objects.count() == 2
 
     Message.objects.update(embedding_state="done")
     Conversation.objects.update(embedding_state="done")

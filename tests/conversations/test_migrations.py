@@ -16,8 +16,14 @@ def index_names() -> set[str]:
 @pytest.mark.django_db(transaction=True)
 def test_conversations_migrations_reverse_and_reapply():
     expected = {
-        "conv_tenant_user_created", "conv_tenant_channel_created", "conv_tenant_created_live", "conv_active_user",
-        "conv_metadata_gin", "conv_embedding_pending", "conv_unique_active_session", "msg_embedding_pending",
+        "conv_tenant_user_created",
+        "conv_tenant_channel_created",
+        "conv_tenant_created_live",
+        "conv_active_user",
+        "conv_metadata_gin",
+        "conv_embedding_pending",
+        "conv_unique_active_session",
+        "msg_embedding_pending",
     }
     assert expected <= index_names()
     call_command("migrate", "conversations", "zero", verbosity=0)
@@ -38,5 +44,5 @@ def test_sqlmigrate_shows_partial_and_gin_indexes():
     sql = out.getvalue()
     assert 'CREATE UNIQUE INDEX "conv_unique_active_session"' in sql
     assert 'WHERE ("deleted_at" IS NULL AND "status" = \'active\')' in sql
-    assert "USING gin (\"metadata\" jsonb_path_ops)" in sql
-    assert 'WHERE "embedding_state" = \'pending\'' in sql
+    assert 'USING gin ("metadata" jsonb_path_ops)' in sql
+    assert "WHERE \"embedding_state\" = 'pending'" in sql

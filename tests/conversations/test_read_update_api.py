@@ -35,7 +35,11 @@ def test_list_filters_by_user_channel_status_time_and_metadata(api, tenant):
 
 @pytest.mark.parametrize(
     ("query", "field"),
-    [({"channel": "pigeon"}, "channel"), ({"metadata": "[1]"}, "metadata"), ({"created_after": "soon"}, "created_after")],
+    [
+        ({"channel": "pigeon"}, "channel"),
+        ({"metadata": "[1]"}, "metadata"),
+        ({"created_after": "soon"}, "created_after"),
+    ],
 )
 def test_list_rejects_bad_filters_naming_them(api, query, field):
     response = api.get(URL, query)
@@ -68,7 +72,8 @@ def test_detail_includes_messages_in_order(api, tenant):
     second = MessageFactory(conversation=conv, text="second")
     body = api.get(f"{URL}/{conv.pk}").json()
     assert [m["id"] for m in body["messages"]] == [str(first.pk), str(second.pk)]
-    assert body["message_count"] == 2 and body["messages_truncated"] is False
+    assert body["message_count"] == 2
+    assert body["messages_truncated"] is False
 
 
 def test_detail_truncates_long_conversations_and_counts_them(api, tenant, settings):
@@ -78,7 +83,8 @@ def test_detail_truncates_long_conversations_and_counts_them(api, tenant, settin
         MessageFactory(conversation=conv)
     body = api.get(f"{URL}/{conv.pk}").json()
     assert len(body["messages"]) == 3
-    assert body["messages_truncated"] is True and body["message_count"] == 5
+    assert body["messages_truncated"] is True
+    assert body["message_count"] == 5
 
 
 def test_put_creates_under_the_given_id_then_replaces(api, tenant):
@@ -91,7 +97,8 @@ def test_put_creates_under_the_given_id_then_replaces(api, tenant):
     same = api.put(f"{URL}/{conversation_id}", {"user_id": "u1", "summary": "one", "status": "closed"}, format="json")
     assert same.status_code == 200
     stored = Conversation.objects.get(pk=conversation_id)
-    assert stored.status == "closed" and stored.embedding_state == EmbeddingState.DONE  # text unchanged
+    assert stored.status == "closed"
+    assert stored.embedding_state == EmbeddingState.DONE
 
     api.put(f"{URL}/{conversation_id}", {"user_id": "u1", "summary": "two"}, format="json")
     assert Conversation.objects.get(pk=conversation_id).embedding_state == EmbeddingState.PENDING

@@ -22,7 +22,8 @@ def test_start_reuse_and_stop(tmp_path):
             conn.execute("INSERT INTO kept VALUES (42)")
             conn.commit()
         again = embedded_server_start(data_dir=tmp_path, database="probe")
-        assert not again.started_here and again.socket_dir == server.socket_dir
+        assert not again.started_here
+        assert again.socket_dir == server.socket_dir
     finally:
         assert embedded_server_stop(data_dir=tmp_path)
     assert not embedded_server_stop(data_dir=tmp_path)

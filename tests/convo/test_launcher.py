@@ -29,8 +29,12 @@ def start(data_dir: Path, port: int) -> tuple[subprocess.Popen[str], str]:
     env = {k: v for k, v in os.environ.items() if k not in {"DATABASE_URL", "REDIS_URL", "DJANGO_SETTINGS_MODULE"}}
     env.update(CONVO_DATA_DIR=str(data_dir), CONVO_PORT=str(port), CONVO_WEB_WORKERS="1", Q_WORKERS="1")
     process = subprocess.Popen(
-        [sys.executable, "-m", "convo.launcher"], cwd=BASE_DIR, env=env, stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT, text=True,
+        [sys.executable, "-m", "convo.launcher"],
+        cwd=BASE_DIR,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
     output = ""
     deadline = time.monotonic() + 120
@@ -46,12 +50,14 @@ def start(data_dir: Path, port: int) -> tuple[subprocess.Popen[str], str]:
 def request(port: int, method: str, path: str, key: str, body: object | None = None) -> tuple[int, object]:
     data = json.dumps(body).encode() if body is not None else None
     req = urllib.request.Request(
-        f"http://127.0.0.1:{port}{path}", data=data, method=method,
+        f"http://127.0.0.1:{port}{path}",
+        data=data,
+        method=method,
         headers={"Authorization": f"Api-Key {key}", "Content-Type": "application/json"},
     )
     for _ in range(100):  # gunicorn may still be binding
         try:
-            with urllib.request.urlopen(req, timeout=5) as response:  # noqa: S310 (loopback)
+            with urllib.request.urlopen(req, timeout=5) as response:
                 return response.status, json.loads(response.read() or b"null")
         except ConnectionRefusedError:
             time.sleep(0.1)
@@ -77,7 +83,8 @@ def test_run_ingest_stop_and_run_again(tmp_path):
         key = re.search(r"API key:\s+(\S+)", output).group(1)
         assert re.search(r"staff user:\s+admin / \S+", output)
         status, body = request(port, "POST", "/api/v1/messages", key, {"user_id": "u", "session_id": "s", "text": "hi"})
-        assert status == 202 and body["state"] == "pending"
+        assert status == 202
+        assert body["state"] == "pending"
     finally:
         tail = stop(process)
     assert "embedded PostgreSQL stopped" in tail
@@ -87,7 +94,8 @@ def test_run_ingest_stop_and_run_again(tmp_path):
     try:
         assert re.search(r"API key:\s+(\S+)", output).group(1) == key  # same credentials, same data
         status, body = request(port, "GET", "/api/v1/conversations", key)
-        assert status == 200 and len(body["results"]) == 1
+        assert status == 200
+        assert len(body["results"]) == 1
     finally:
         stop(process)
     assert not (tmp_path / "postgres" / "postmaster.pid").exists()

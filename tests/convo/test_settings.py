@@ -32,15 +32,21 @@ def test_production_refuses_to_start_without_a_real_secret(secret):
 
 def test_production_passes_check_deploy():
     result = run_manage(
-        "check", "--deploy", "--fail-level", "WARNING",
-        DJANGO_SETTINGS_MODULE="convo.settings.production", SECRET_KEY=STRONG_SECRET, ALLOWED_HOSTS="convo.example.com",
+        "check",
+        "--deploy",
+        "--fail-level",
+        "WARNING",
+        DJANGO_SETTINGS_MODULE="convo.settings.production",
+        SECRET_KEY=STRONG_SECRET,
+        ALLOWED_HOSTS="convo.example.com",
     )
     assert result.returncode == 0, result.stdout + result.stderr
 
 
 def test_database_settings_bound_the_pool_and_set_timeouts():
     options = settings.DATABASES["default"]["OPTIONS"]
-    assert options["pool"]["max_size"] == 20 and options["pool"]["timeout"] == 2.0
+    assert options["pool"]["max_size"] == 20
+    assert options["pool"]["timeout"] == 2.0
     assert "statement_timeout=10000" in options["options"]
 
 
@@ -58,13 +64,21 @@ def test_the_connection_carries_the_timeout_and_application_name():
 def test_redis_url_selects_django_redis(redis_url):
     code = "from convo.settings import cache; print(cache.CACHES['default']['BACKEND'])"
     result = subprocess.run(
-        [sys.executable, "-c", code], cwd=BASE_DIR, env={**os.environ, "REDIS_URL": redis_url},
-        capture_output=True, text=True, check=True,
+        [sys.executable, "-c", code],
+        cwd=BASE_DIR,
+        env={**os.environ, "REDIS_URL": redis_url},
+        capture_output=True,
+        text=True,
+        check=True,
     )
     assert result.stdout.strip() == "django_redis.cache.RedisCache"
     without = subprocess.run(
-        [sys.executable, "-c", code], cwd=BASE_DIR, env={**os.environ, "REDIS_URL": ""},
-        capture_output=True, text=True, check=True,
+        [sys.executable, "-c", code],
+        cwd=BASE_DIR,
+        env={**os.environ, "REDIS_URL": ""},
+        capture_output=True,
+        text=True,
+        check=True,
     )
     assert without.stdout.strip() == "django.core.cache.backends.locmem.LocMemCache"
 
