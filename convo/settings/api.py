@@ -30,5 +30,9 @@ SPECTACULAR_SETTINGS: dict[str, Any] = {
     "COMPONENT_SPLIT_REQUEST": True,
     # OpenAPI 3.1 is JSON Schema 2020-12, which is what pydantic emits for the ingest payloads.
     "OAS_VERSION": "3.1.0",
+    # The docs page's JavaScript and CSS are served by convo itself (no CDN): it works offline.
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "PREPROCESSING_HOOKS": ["convo.api.schema_hooks.paths_without_trailing_slash"],
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
 }
 APPEND_SLASH = False  # an API POST must never be redirected (the body would be lost)
