@@ -19,6 +19,15 @@ def tenant_create(*, name: str, slug: str) -> Tenant:
 
 
 @transaction.atomic
+def tenant_update(*, tenant: Tenant, name: str, is_active: bool) -> Tenant:
+    """Rename or (de)activate a tenant. The slug never changes: it names the tenant in logs."""
+    tenant.name, tenant.is_active = name, is_active
+    tenant.full_clean()
+    tenant.save(update_fields=["name", "is_active"])
+    return tenant
+
+
+@transaction.atomic
 def tenant_api_key_create(*, tenant: Tenant, name: str, key: str | None = None) -> tuple[TenantAPIKey, str]:
     """Make an API key for ``tenant`` and return it with the plain key, which is never stored.
 
