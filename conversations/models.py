@@ -12,6 +12,7 @@ from django.contrib.postgres.indexes import GinIndex
 from django.db import models
 from django.db.models import Q
 from django.db.models.functions import Now
+from pgvector.django import VectorField
 from rest_framework_api_key.models import AbstractAPIKey
 
 from convo.ids import uuid7
@@ -77,6 +78,24 @@ class EmbeddingState(models.TextChoices):
     PROCESSING = "processing"
     DONE = "done"
     FAILED = "failed"
+    # Nothing to embed (a conversation with neither summary nor transcript yet).
+    SKIPPED = "skipped"
+
+
+class EmbeddingWork(models.Model):
+    """The fields that make a row an item of the durable embedding queue (ARCHITECTURE.md, 1)."""
+
+    embedding_state = models.CharField(
+        max_length=12, choices=EmbeddingState.choices, default=EmbeddingState.PENDING, editable=False
+    )
+    # Claims made, including the current one; an item failing ``EMBEDDING_MAX_ATTEMPTS`` times ends failed.
+    embedding_attempts = models.PositiveSmallIntegerField(default=0, db_default=0, editable=False)
+    # When a worker claimed the row; a claim older than the lease is handed back by the reconciler.
+    embedding_claimed_at = models.DateTimeField(null=True, blank=True, editable=False)
+    embedding_error = models.TextField(blank=True, default="", db_default="", editable=False)
+
+    class Meta:
+        abstract = True
 
 
 def _choices_check(field: str, choices: type[models.TextChoices], name: str) -> models.CheckConstraint:
@@ -86,7 +105,7 @@ def _choices_check(field: str, choices: type[models.TextChoices], name: str) -> 
 _ACTIVE = Q(status=ConversationStatus.ACTIVE, deleted_at__isnull=True)
 
 
-class Conversation(models.Model):
+class Conversation(EmbeddingWork):
     id = models.UUIDField(primary_key=True, default=uuid7, editable=False)
     tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="conversations", db_index=False)
     # The client's own id for the conversation; replaying a create with it returns the same row.
@@ -103,9 +122,6 @@ class Conversation(models.Model):
     updated_at = models.DateTimeField(db_default=Now(), editable=False)
     last_message_at = models.DateTimeField(null=True, blank=True, editable=False)
     deleted_at = models.DateTimeField(null=True, blank=True, editable=False)
-    embedding_state = models.CharField(
-        max_length=12, choices=EmbeddingState.choices, default=EmbeddingState.PENDING, editable=False
-    )
     # sha256 of the create payload: a replay with the same external_id must carry the same body.
     ingest_fingerprint = models.CharField(max_length=64, blank=True, default="", editable=False)
 
@@ -123,12 +139,18 @@ class Conversation(models.Model):
             GinIndex(fields=["metadata"], name="conv_metadata_gin", opclasses=["jsonb_path_ops"]),
             # The embedding worker's "next pending work": oldest first, only the rows still waiting.
             models.Index(fields=["created_at"], name="conv_embedding_pending", condition=Q(embedding_state="pending")),
+            models.Index(
+                fields=["embedding_claimed_at"],
+                name="conv_embedding_claimed",
+                condition=Q(embedding_state="processing"),
+            ),
         ]
         constraints = [
             models.UniqueConstraint(
                 fields=["tenant", "external_user_id", "session_id"],
                 name="conv_unique_active_session",
                 condition=_ACTIVE,
+                violation_error_message="This user already has an active conversation with this session id.",
             ),
             models.UniqueConstraint(
                 fields=["tenant", "external_id"], name="conv_unique_external_id", condition=Q(external_id__isnull=False)
@@ -142,7 +164,7 @@ class Conversation(models.Model):
         return f"{self.external_user_id} · {self.channel} · {self.created_at:%Y-%m-%d %H:%M}"
 
 
-class Message(models.Model):
+class Message(EmbeddingWork):
     id = models.UUIDField(primary_key=True, default=uuid7, editable=False)
     tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="messages", db_index=False)
     conversation = models.ForeignKey(Conversation, on_delete=models.CASCADE, related_name="messages", db_index=False)
@@ -156,14 +178,14 @@ class Message(models.Model):
     # When the platform says the message was sent; created_at is when convo stored it.
     sent_at = models.DateTimeField(null=True, blank=True)
     created_at = models.DateTimeField(db_default=Now(), editable=False)
-    embedding_state = models.CharField(
-        max_length=12, choices=EmbeddingState.choices, default=EmbeddingState.PENDING, editable=False
-    )
 
     class Meta:
         indexes = [
             models.Index(fields=["conversation", "created_at", "id"], name="msg_conversation_created"),
             models.Index(fields=["created_at"], name="msg_embedding_pending", condition=Q(embedding_state="pending")),
+            models.Index(
+                fields=["embedding_claimed_at"], name="msg_embedding_claimed", condition=Q(embedding_state="processing")
+            ),
         ]
         constraints = [
             models.UniqueConstraint(
@@ -197,3 +219,93 @@ class IdempotencyRecord(models.Model):
 
     def __str__(self) -> str:
         return f"{self.scope}:{self.key}"
+
+
+class SpaceState(models.TextChoices):
+    BUILDING = "building"
+    ACTIVE = "active"
+    RETIRED = "retired"
+
+
+class EmbeddingSpace(models.Model):
+    """The vector space of one embedding model. Vectors of different spaces are never compared;
+    search reads the one ``active`` space, and a model change fills a ``building`` one beside it."""
+
+    model_id = models.CharField(max_length=200, unique=True)
+    dimensions = models.PositiveIntegerField()
+    state = models.CharField(max_length=10, choices=SpaceState.choices, default=SpaceState.BUILDING)
+    created_at = models.DateTimeField(db_default=Now(), editable=False)
+    activated_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["state"], name="one_active_space", condition=Q(state=SpaceState.ACTIVE)),
+            _choices_check("state", SpaceState, "space_state_valid"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.model_id} ({self.dimensions}d, {self.state})"
+
+
+class ItemEmbedding(models.Model):
+    """A vector of one item in one space. The column has no fixed dimension so spaces of any size
+    share the table; each space has its own partial HNSW index on ``embedding::vector(<dims>)``."""
+
+    space = models.ForeignKey(EmbeddingSpace, on_delete=models.PROTECT, related_name="+")
+    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="+", db_index=False)
+    embedding = VectorField()
+    created_at = models.DateTimeField(db_default=Now(), editable=False)
+
+    class Meta:
+        abstract = True
+
+
+class ConversationEmbedding(ItemEmbedding):
+    item = models.ForeignKey(Conversation, on_delete=models.CASCADE, related_name="embeddings")
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["item", "space"], name="conv_embedding_once_per_space")]
+        indexes = [models.Index(fields=["tenant", "space"], name="conv_embedding_tenant_space")]
+
+    def __str__(self) -> str:
+        return f"{self.item_id} in {self.space_id}"
+
+
+class MessageEmbedding(ItemEmbedding):
+    item = models.ForeignKey(Message, on_delete=models.CASCADE, related_name="embeddings")
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["item", "space"], name="msg_embedding_once_per_space")]
+        indexes = [models.Index(fields=["tenant", "space"], name="msg_embedding_tenant_space")]
+
+    def __str__(self) -> str:
+        return f"{self.item_id} in {self.space_id}"
+
+
+class EmbeddingCacheEntry(models.Model):
+    """The durable embedding cache: one vector per (model, normalised text), shared by every
+    worker and kept across restarts, so an identical text is never sent to a provider twice."""
+
+    key = models.CharField(max_length=64, primary_key=True)  # sha256(model_id, normalised text)
+    model_id = models.CharField(max_length=200)
+    embedding = VectorField()
+    created_at = models.DateTimeField(db_default=Now(), editable=False)
+
+    def __str__(self) -> str:
+        return f"{self.model_id}:{self.key[:12]}"
+
+
+class EmbeddingCacheStats(models.Model):
+    """Hits and misses of the embedding cache per model and day (written once per batch)."""
+
+    model_id = models.CharField(max_length=200)
+    day = models.DateField()
+    hot_hits = models.BigIntegerField(default=0)
+    durable_hits = models.BigIntegerField(default=0)
+    misses = models.BigIntegerField(default=0)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["model_id", "day"], name="cache_stats_model_day")]
+
+    def __str__(self) -> str:
+        return f"{self.model_id} {self.day}"

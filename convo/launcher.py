@@ -47,7 +47,12 @@ def main() -> int:
     signal.signal(signal.SIGTERM, stop)
     try:
         manage = [sys.executable, str(BASE_DIR / "manage.py")]
-        for step in (["migrate", "--noinput"], ["collectstatic", "--noinput", "-v0"], ["convo_bootstrap_demo"]):
+        for step in (
+            ["migrate", "--noinput"],
+            ["collectstatic", "--noinput", "-v0"],
+            ["convo_schedules"],
+            ["convo_bootstrap_demo"],
+        ):
             subprocess.run([*manage, *step], check=True, cwd=BASE_DIR)
         # Each child gets its own session: Ctrl-C reaches only this process, which then stops the
         # children in order (web first, so nothing new is acknowledged; then the worker).

@@ -11,11 +11,14 @@ from psycopg.types.json import Jsonb
 
 from conversations.models import Conversation, EmbeddingState, Tenant
 from conversations.payloads import ConversationUpdateIn, ConversationUpsertIn
+from conversations.services.embedding_kick import embedding_kick_on_commit
 from convo.errors import Conflict, NotFound
 
 # Fields whose change means the stored embedding no longer describes the conversation.
 _EMBEDDED_FIELDS = {"summary", "transcript"}
 _FIELD_NAMES = {"user_id": "external_user_id"}
+
+_TEXT_CHANGED = "(c.summary IS DISTINCT FROM EXCLUDED.summary OR c.transcript IS DISTINCT FROM EXCLUDED.transcript)"
 
 _UPSERT = f"""
 INSERT INTO {Conversation._meta.db_table} AS c
@@ -26,9 +29,9 @@ ON CONFLICT (id) DO UPDATE SET
     external_id = EXCLUDED.external_id, external_user_id = EXCLUDED.external_user_id,
     channel = EXCLUDED.channel, session_id = EXCLUDED.session_id, status = EXCLUDED.status,
     summary = EXCLUDED.summary, transcript = EXCLUDED.transcript, metadata = EXCLUDED.metadata,
-    embedding_state = CASE
-        WHEN c.summary IS DISTINCT FROM EXCLUDED.summary OR c.transcript IS DISTINCT FROM EXCLUDED.transcript
-        THEN 'pending' ELSE c.embedding_state END
+    embedding_state = CASE WHEN {_TEXT_CHANGED} THEN 'pending' ELSE c.embedding_state END,
+    embedding_attempts = CASE WHEN {_TEXT_CHANGED} THEN 0 ELSE c.embedding_attempts END,
+    embedding_claimed_at = CASE WHEN {_TEXT_CHANGED} THEN NULL ELSE c.embedding_claimed_at END
 WHERE c.tenant_id = EXCLUDED.tenant_id AND c.deleted_at IS NULL
 RETURNING (xmax = 0) AS created
 """
@@ -43,16 +46,16 @@ def conversation_upsert(
     try:
         with transaction.atomic(), connection.cursor() as cursor:
             params: list[Any] = [
-                    conversation_id,
-                    tenant.pk,
-                    payload.external_id,
-                    payload.user_id,
-                    payload.channel.value,
-                    payload.session_id,
-                    payload.status.value,
-                    payload.summary,
-                    payload.transcript,
-                    Jsonb(payload.metadata),
+                conversation_id,
+                tenant.pk,
+                payload.external_id,
+                payload.user_id,
+                payload.channel.value,
+                payload.session_id,
+                payload.status.value,
+                payload.summary,
+                payload.transcript,
+                Jsonb(payload.metadata),
             ]
             cursor.execute(_UPSERT, params)
             row = cursor.fetchone()
@@ -60,6 +63,7 @@ def conversation_upsert(
         raise _conflict(exc) from None
     if row is None:
         raise NotFound("No such conversation.")
+    embedding_kick_on_commit()
     return Conversation.objects.get(pk=conversation_id), bool(row[0])
 
 
@@ -73,15 +77,21 @@ def conversation_update(*, conversation: Conversation, changes: ConversationUpda
         return conversation
     for field in changed:
         setattr(conversation, field, values[field])
-    if _EMBEDDED_FIELDS.intersection(changed):
+    text_changed = bool(_EMBEDDED_FIELDS.intersection(changed))
+    if text_changed:
+        # Back to the queue; a claim in flight will find its claim time gone and not mark it done.
         conversation.embedding_state = EmbeddingState.PENDING
-        changed.append("embedding_state")
+        conversation.embedding_attempts = 0
+        conversation.embedding_claimed_at = None
+        changed += ["embedding_state", "embedding_attempts", "embedding_claimed_at"]
     try:
         with transaction.atomic():
             conversation.save(update_fields=changed)
     except IntegrityError as exc:
         raise _conflict(exc) from None
     conversation.refresh_from_db(fields=["updated_at"])
+    if text_changed:
+        embedding_kick_on_commit()
     return conversation
 
 

@@ -22,6 +22,7 @@ from psycopg.types.json import Jsonb
 from conversations.models import Conversation, EmbeddingState, Message, Tenant
 from conversations.payloads import ConversationIn, InboundMessageIn, MessageIn
 from conversations.services.admission import ingest_admission_check
+from conversations.services.embedding_kick import embedding_kick_on_commit
 from conversations.services.results import Accepted, ItemResult, Rejected
 from convo.db import retry_on_deadlock
 from convo.errors import Conflict
@@ -98,6 +99,8 @@ def conversation_create_batch(*, tenant: Tenant, payloads: Sequence[Conversation
             results[index] = Accepted(id=conversation_id, message_ids=message_ids)
     _insert_messages(tenant, message_rows)
 
+    if inserted:
+        embedding_kick_on_commit()
     missing = [(index, payload) for index, conversation_id, payload in rows if conversation_id not in inserted]
     if missing:
         for index, result in _explain_conversation_conflicts(tenant, missing, fingerprints).items():
@@ -148,6 +151,8 @@ def message_ingest_batch(
         message_rows.append((message_id, payload, conversation_id))
 
     inserted = _insert_messages(tenant, message_rows)
+    if inserted:
+        embedding_kick_on_commit()
     replays: list[tuple[int, MessageIn]] = []
     for message_id, message, conversation_id in message_rows:
         index = positions[message_id]

@@ -7,6 +7,7 @@ an idle-in-transaction timeout, and an application name that shows up in ``pg_st
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -32,13 +33,21 @@ def database_settings(*, data_dir: Path) -> dict[str, dict[str, Any]]:
     idle_in_tx_timeout_ms = env.int("DB_IDLE_IN_TRANSACTION_TIMEOUT_MS", default=60_000)
     # Parallel test runs against one server each need their own test database.
     default["TEST"] = {"NAME": env.str("CONVO_TEST_DB_NAME", default=f"test_{default['NAME']}")}
-    default["CONN_MAX_AGE"] = 0  # the pool owns connection lifetime
-    default["CONN_HEALTH_CHECKS"] = False
     default["OPTIONS"] = {
         **default.get("OPTIONS", {}),
         "application_name": env.str("DB_APPLICATION_NAME", default="convo"),
         "options": f"-c statement_timeout={statement_timeout_ms} "
         f"-c idle_in_transaction_session_timeout={idle_in_tx_timeout_ms}",
+    }
+    if not _pool_allowed():
+        # Plain connections, which django-q2 closes around its forks, reused for a minute.
+        default["CONN_MAX_AGE"] = 60
+        default["CONN_HEALTH_CHECKS"] = True
+        return {"default": default}
+    default["CONN_MAX_AGE"] = 0  # the pool owns connection lifetime
+    default["CONN_HEALTH_CHECKS"] = False
+    default["OPTIONS"] = {
+        **default["OPTIONS"],
         "pool": {
             "min_size": env.int("DB_POOL_MIN_SIZE", default=2),
             "max_size": env.int("DB_POOL_MAX_SIZE", default=20),
@@ -48,3 +57,10 @@ def database_settings(*, data_dir: Path) -> dict[str, dict[str, Any]]:
         },
     }
     return {"default": default}
+
+
+def _pool_allowed() -> bool:
+    """The django-q2 cluster forks its workers from a process that has already touched the
+    database: a pool made before the fork would hand the same sockets to several processes (their
+    replies get crossed). So the cluster runs without a pool; so does anything with DB_POOL=false."""
+    return env.bool("DB_POOL", default=True) and "qcluster" not in sys.argv[1:2]

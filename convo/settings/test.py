@@ -15,6 +15,14 @@ from convo.settings.base import Q_CLUSTER as _Q_CLUSTER
 DEBUG = False
 SECRET_KEY = "convo-tests-only-not-secret"  # noqa: S105
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
-Q_CLUSTER = {**_Q_CLUSTER, "sync": True}
+# Synchronous tasks on the ORM broker, whatever REDIS_URL says (the suite's cache is local memory).
+Q_CLUSTER = {**{k: v for k, v in _Q_CLUSTER.items() if k != "django_redis"}, "orm": "default", "sync": True}
 # Tests run on a local-memory cache; tests that exercise Redis build their own client from REDIS_URL.
 CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache", "LOCATION": "convo-tests"}}
+# Fast, deterministic vectors; tests of the real model and the HTTP backends build their own.
+EMBEDDINGS = {
+    "BACKEND": "conversations.embeddings.hashing.HashingEmbedder",
+    "MODEL": "v1",
+    "DIMENSIONS": 384,
+    "OPTIONS": {},
+}

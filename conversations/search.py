@@ -1,0 +1,213 @@
+"""Semantic search over a tenant's messages: the read side of the embeddings.
+
+pgvector 0.6 applies WHERE after the HNSW scan, so a filtered HNSW query can silently return too
+few or the wrong neighbours. Each query therefore first counts (up to a cap) the rows its filters
+match: when they are few, an exact scan over just those rows is both correct and fast; when they
+are many, HNSW runs with ``ef_search`` raised in proportion to how selective the filter is, and
+falls back to the exact scan if it still returns fewer than ``min(k, matching)`` rows.
+
+Ranking blends similarity with recency and channel (seed 004):
+``score = (1 - time_weight - channel_weight) * similarity + time_weight * recency
++ channel_weight * same_channel``, where ``recency = 0.5 ** (age / half_life)``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+from uuid import UUID
+
+from django.conf import settings
+from django.db import connection, transaction
+from django.utils import timezone
+from psycopg.types.json import Jsonb
+
+from conversations.models import Conversation, EmbeddingSpace, Message, MessageEmbedding, Tenant
+
+_VECTORS = MessageEmbedding._meta.db_table
+_MESSAGES = Message._meta.db_table
+_CONVERSATIONS = Conversation._meta.db_table
+
+
+@dataclass(frozen=True)
+class SearchFilters:
+    user_id: str | None = None
+    channel: str | None = None
+    status: str | None = None
+    metadata: dict[str, Any] | None = None
+    created_after: datetime | None = None
+    created_before: datetime | None = None
+    role: str | None = None
+
+
+@dataclass(frozen=True)
+class Ranking:
+    min_similarity: float = 0.7
+    time_weight: float = 0.2
+    channel_weight: float = 0.1
+    half_life_days: float = 30.0
+    adaptive: bool = True
+    channel: str | None = None  # the channel the query comes from, for the same-channel bonus
+
+
+@dataclass(frozen=True)
+class SearchHit:
+    message_id: UUID
+    conversation_id: UUID
+    text: str
+    role: str
+    channel: str
+    user_id: str
+    created_at: datetime
+    similarity: float
+    score: float
+
+
+@dataclass(frozen=True)
+class SearchResult:
+    hits: list[SearchHit]
+    strategy: str  # "exact" or "hnsw" (or "hnsw+exact" when HNSW came back short)
+    matching: int  # rows the filters match, counted up to the exact-scan cap
+    threshold: float  # the similarity threshold finally applied
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def message_neighbours(
+    *, tenant: Tenant, space: EmbeddingSpace, vector: list[float], filters: SearchFilters, limit: int
+) -> tuple[list[tuple[UUID, float]], str, int]:
+    """The ``limit`` nearest messages (id, cosine similarity) among those ``filters`` match,
+    nearest first, with the strategy used and the (capped) count of matching rows."""
+    where, params = _where(tenant=tenant, space=space, filters=filters)
+    cap: int = settings.SEARCH_EXACT_SCAN_MAX_ROWS
+    with transaction.atomic(), connection.cursor() as cursor:
+        cursor.execute(
+            f"SELECT count(*) FROM (SELECT 1 FROM {_FROM} WHERE {where} LIMIT %s) AS matching", [*params, cap + 1]
+        )
+        matching = int(cursor.fetchone()[0])
+        if matching == 0:
+            return [], "exact", 0
+        dims = int(space.dimensions)
+        distance = f"(e.embedding::vector({dims}) <=> %s::vector({dims}))"
+        if matching <= cap:
+            # "+ 0" keeps the planner off the HNSW index: this is the exact scan of the matching rows.
+            cursor.execute(
+                f"SELECT e.item_id, 1 - {distance} FROM {_FROM} WHERE {where} ORDER BY {distance} + 0 LIMIT %s",
+                [_literal(vector), *params, _literal(vector), limit],
+            )
+            return [(row[0], float(row[1])) for row in cursor.fetchall()], "exact", matching
+        ef_search = _ef_search(where=where, params=params, limit=limit, cursor=cursor)
+        cursor.execute(f"SET LOCAL hnsw.ef_search = {ef_search}")
+        cursor.execute(
+            f"SELECT e.item_id, 1 - {distance} FROM {_FROM} WHERE {where} ORDER BY {distance} LIMIT %s",
+            [_literal(vector), *params, _literal(vector), limit],
+        )
+        rows = [(row[0], float(row[1])) for row in cursor.fetchall()]
+        if len(rows) >= limit:
+            return rows, "hnsw", matching
+        cursor.execute(
+            f"SELECT e.item_id, 1 - {distance} FROM {_FROM} WHERE {where} ORDER BY {distance} + 0 LIMIT %s",
+            [_literal(vector), *params, _literal(vector), limit],
+        )
+        return [(row[0], float(row[1])) for row in cursor.fetchall()], "hnsw+exact", matching
+
+
+def message_search(
+    *,
+    tenant: Tenant,
+    space: EmbeddingSpace,
+    vector: list[float],
+    filters: SearchFilters,
+    k: int,
+    ranking: Ranking,
+    now: datetime | None = None,
+) -> SearchResult:
+    """The ``k`` best messages by blended score among the nearest candidates that pass the
+    similarity threshold. With ``adaptive``, the threshold is lowered in steps of
+    ``SEARCH_ADAPTIVE_STEP`` (not below ``SEARCH_ADAPTIVE_FLOOR``) until ``k`` candidates pass."""
+    candidates_wanted = max(k * settings.SEARCH_CANDIDATE_FACTOR, k)
+    neighbours, strategy, matching = message_neighbours(
+        tenant=tenant, space=space, vector=vector, filters=filters, limit=candidates_wanted
+    )
+    threshold = ranking.min_similarity
+    passing = [n for n in neighbours if n[1] >= threshold]
+    if ranking.adaptive:
+        floor: float = settings.SEARCH_ADAPTIVE_FLOOR
+        while len(passing) < min(k, len(neighbours)) and threshold > floor:
+            threshold = max(floor, round(threshold - settings.SEARCH_ADAPTIVE_STEP, 6))
+            passing = [n for n in neighbours if n[1] >= threshold]
+    hits = _hydrate(passing, ranking=ranking, now=now or timezone.now())
+    hits.sort(key=lambda hit: hit.score, reverse=True)
+    return SearchResult(hits=hits[:k], strategy=strategy, matching=matching, threshold=threshold)
+
+
+# --- internals ---------------------------------------------------------------------------------
+
+_FROM = (
+    f"{_VECTORS} AS e JOIN {_MESSAGES} AS m ON m.id = e.item_id JOIN {_CONVERSATIONS} AS c ON c.id = m.conversation_id"
+)
+
+
+def _where(*, tenant: Tenant, space: EmbeddingSpace, filters: SearchFilters) -> tuple[str, list[Any]]:
+    clauses = ["e.space_id = %s", "e.tenant_id = %s", "c.deleted_at IS NULL"]
+    params: list[Any] = [space.pk, tenant.pk]
+    for column, value in (
+        ("c.external_user_id", filters.user_id),
+        ("c.channel", filters.channel),
+        ("c.status", filters.status),
+        ("m.role", filters.role),
+    ):
+        if value is not None:
+            clauses.append(f"{column} = %s")
+            params.append(value)
+    if filters.metadata:
+        clauses.append("c.metadata @> %s")
+        params.append(Jsonb(filters.metadata))
+    if filters.created_after is not None:
+        clauses.append("m.created_at >= %s")
+        params.append(filters.created_after)
+    if filters.created_before is not None:
+        clauses.append("m.created_at < %s")
+        params.append(filters.created_before)
+    return " AND ".join(clauses), params
+
+
+def _ef_search(*, where: str, params: list[Any], limit: int, cursor: Any) -> int:
+    """Enough candidates that ``limit`` of them survive the filter: the HNSW scan walks the whole
+    space, so a filter keeping a fraction f of it needs about limit / f candidates. f comes from
+    the planner's estimates (cheap), and is at least what the capped count already proved."""
+    cursor.execute(f"SELECT reltuples FROM pg_class WHERE oid = '{_VECTORS}'::regclass")
+    total = max(float(cursor.fetchone()[0]), 1.0)
+    cursor.execute(f"EXPLAIN (FORMAT JSON) SELECT 1 FROM {_FROM} WHERE {where}", params)
+    plan = cursor.fetchone()[0]
+    estimated = float((json.loads(plan) if isinstance(plan, str) else plan)[0]["Plan"]["Plan Rows"])
+    proven = float(settings.SEARCH_EXACT_SCAN_MAX_ROWS)
+    fraction = min(1.0, max(estimated, proven) / total)
+    wanted = math.ceil(limit / fraction * settings.SEARCH_EF_SEARCH_MARGIN)
+    return int(min(max(wanted, settings.SEARCH_EF_SEARCH_MIN), settings.SEARCH_EF_SEARCH_MAX))
+
+
+def _hydrate(neighbours: list[tuple[UUID, float]], *, ranking: Ranking, now: datetime) -> list[SearchHit]:
+    if not neighbours:
+        return []
+    similarity = dict(neighbours)
+    rows = Message.objects.filter(pk__in=list(similarity)).values_list(
+        "id", "conversation_id", "text", "role", "conversation__channel", "conversation__external_user_id", "created_at"
+    )
+    half_life = ranking.half_life_days * 86400.0
+    base = 1.0 - ranking.time_weight - ranking.channel_weight
+    hits = []
+    for message_id, conversation_id, text, role, channel, user_id, created_at in rows:
+        age = max((now - created_at).total_seconds(), 0.0)
+        recency = 0.5 ** (age / half_life) if half_life > 0 else 0.0
+        same_channel = 1.0 if ranking.channel is not None and channel == ranking.channel else 0.0
+        sim = similarity[message_id]
+        score = base * sim + ranking.time_weight * recency + ranking.channel_weight * same_channel
+        hits.append(SearchHit(message_id, conversation_id, text, role, channel, user_id, created_at, sim, score))
+    return hits
+
+
+def _literal(vector: list[float]) -> str:
+    return "[" + ",".join(repr(float(x)) for x in vector) + "]"

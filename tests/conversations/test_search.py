@@ -1,0 +1,164 @@
+"""Search is correct under selective filters: recall@10 against brute force, result counts of
+min(k, matching rows), on both the exact-scan and the HNSW path."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from conversations.models import Conversation, EmbeddingSpace, Message, MessageEmbedding, SpaceState
+from conversations.search import Ranking, SearchFilters, message_neighbours, message_search
+from conversations.services.embedding_spaces import embedding_space_index
+from tests.factories import ConversationFactory, TenantFactory
+
+pytestmark = pytest.mark.django_db
+
+DIMS = 32
+TOTAL = 20_000
+# user -> number of messages: 0.1%, 1% and 10% of the rows, the rest spread over other users.
+USERS = {"tiny": 20, "small": 200, "large": 2000}
+
+
+@pytest.fixture
+def corpus(tenant):
+    rng = np.random.default_rng(7)
+    space = EmbeddingSpace.objects.create(model_id="test:random", dimensions=DIMS, state=SpaceState.ACTIVE)
+    owners = [name for name, count in USERS.items() for _ in range(count)]
+    owners += [f"crowd-{i % 50}" for i in range(TOTAL - len(owners))]
+    conversations = {
+        user: ConversationFactory(tenant=tenant, external_user_id=user, channel="sms" if user == "large" else "web")
+        for user in sorted(set(owners))
+    }
+    vectors = rng.normal(size=(TOTAL, DIMS)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    messages = Message.objects.bulk_create(
+        [Message(tenant=tenant, conversation=conversations[user], text=f"m{i}") for i, user in enumerate(owners)],
+        batch_size=5000,
+    )
+    MessageEmbedding.objects.bulk_create(
+        [
+            MessageEmbedding(item=m, tenant=tenant, space=space, embedding=v)
+            for m, v in zip(messages, vectors, strict=True)
+        ],
+        batch_size=5000,
+    )
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        # The load's deferred foreign-key checks must run before an index can be built in this transaction.
+        cursor.execute("SET CONSTRAINTS ALL IMMEDIATE")
+    embedding_space_index(space=space)  # built after the load: much faster than 20k inserts into it
+    with connection.cursor() as cursor:
+        cursor.execute(f"ANALYZE {MessageEmbedding._meta.db_table}")
+    ids = np.array([m.id for m in messages])
+    return space, vectors, ids, np.array(owners), rng
+
+
+def brute_force(vectors, ids, mask, query, k):
+    sims = vectors[mask] @ query
+    order = np.argsort(-sims)[:k]
+    return set(ids[mask][order])
+
+
+@pytest.mark.slow
+def test_recall_at_10_under_selective_filters(corpus, tenant, settings):
+    """With the default cap every per-user query is an exact scan; with a cap of 100 the 1% and
+    10% users (and the unfiltered query) go through HNSW with a raised ef_search."""
+    space, vectors, ids, owners, rng = corpus
+    queries = rng.normal(size=(20, DIMS)).astype(np.float32)
+    queries /= np.linalg.norm(queries, axis=1, keepdims=True)
+    for exact_cap, user in [(cap, user) for cap in (10_000, 100) for user in [*USERS, None]]:
+        settings.SEARCH_EXACT_SCAN_MAX_ROWS = exact_cap
+        mask = owners == user if user else np.ones(len(owners), dtype=bool)
+        recalls = []
+        for query in queries:
+            expected = brute_force(vectors, ids, mask, query, 10)
+            found, strategy, _ = message_neighbours(
+                tenant=tenant, space=space, vector=query.tolist(), filters=SearchFilters(user_id=user), limit=10
+            )
+            assert len(found) == min(10, int(mask.sum()))
+            recalls.append(len(expected & {row_id for row_id, _ in found}) / len(expected))
+        expected_strategy = "exact" if mask.sum() <= exact_cap else "hnsw"
+        assert strategy.startswith(expected_strategy), (user, strategy)
+        assert np.mean(recalls) >= 0.95, (user, exact_cap, np.mean(recalls))
+
+
+def test_result_count_is_min_of_k_and_matching_rows(tenant, other_tenant):
+    space = EmbeddingSpace.objects.create(model_id="test:small", dimensions=3, state=SpaceState.ACTIVE)
+    embedding_space_index(space=space)
+    mine = ConversationFactory(tenant=tenant, external_user_id="u")
+    theirs = ConversationFactory(tenant=other_tenant, external_user_id="u")
+    deleted = ConversationFactory(tenant=tenant, external_user_id="u")
+    for conversation, count in ((mine, 4), (theirs, 10), (deleted, 10)):
+        for i in range(count):
+            message = Message.objects.create(tenant=conversation.tenant, conversation=conversation, text=f"t{i}")
+            MessageEmbedding.objects.create(item=message, tenant=conversation.tenant, space=space, embedding=[1, i, 0])
+    Conversation.objects.filter(pk=deleted.pk).update(deleted_at="2020-01-01T00:00:00Z")
+
+    found, _, matching = message_neighbours(
+        tenant=tenant, space=space, vector=[1, 0, 0], filters=SearchFilters(user_id="u"), limit=10
+    )
+    assert matching == 4
+    assert len(found) == 4
+    assert {Message.objects.get(pk=i).conversation_id for i, _ in found} == {mine.pk}
+    assert [round(s, 6) for _, s in found] == sorted((round(s, 6) for _, s in found), reverse=True)
+    none, _, _ = message_neighbours(
+        tenant=TenantFactory(), space=space, vector=[1, 0, 0], filters=SearchFilters(), limit=10
+    )
+    assert none == []
+
+
+def test_ranking_blends_recency_and_channel_and_adapts_the_threshold(tenant):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    space = EmbeddingSpace.objects.create(model_id="test:rank", dimensions=2, state=SpaceState.ACTIVE)
+    embedding_space_index(space=space)
+    web = ConversationFactory(tenant=tenant, channel="web")
+    sms = ConversationFactory(tenant=tenant, channel="sms")
+    now = timezone.now()
+
+    def add(conversation, vector, days_old):
+        message = Message.objects.create(tenant=tenant, conversation=conversation, text=str(vector))
+        Message.objects.filter(pk=message.pk).update(created_at=now - timedelta(days=days_old))
+        MessageEmbedding.objects.create(item=message, tenant=tenant, space=space, embedding=vector)
+        return message
+
+    old_exact = add(web, [1.0, 0.0], 365)
+    new_close = add(sms, [0.95, 0.31], 0)  # similarity ~0.95
+    far = add(web, [0.6, 0.8], 0)  # similarity 0.6
+
+    result = message_search(
+        tenant=tenant,
+        space=space,
+        vector=[1.0, 0.0],
+        filters=SearchFilters(),
+        k=2,
+        ranking=Ranking(channel="sms"),
+        now=now,
+    )
+    assert [hit.message_id for hit in result.hits] == [new_close.pk, old_exact.pk]
+    assert result.threshold == 0.7
+
+    strict = message_search(
+        tenant=tenant,
+        space=space,
+        vector=[1.0, 0.0],
+        filters=SearchFilters(),
+        k=3,
+        ranking=Ranking(min_similarity=0.9),
+        now=now,
+    )
+    assert {hit.message_id for hit in strict.hits} == {old_exact.pk, new_close.pk, far.pk}
+    assert strict.threshold == pytest.approx(0.6)  # 0.9 -> 0.8 -> 0.7 -> 0.6: all three pass
+    fixed = message_search(
+        tenant=tenant,
+        space=space,
+        vector=[1.0, 0.0],
+        filters=SearchFilters(),
+        k=3,
+        ranking=Ranking(min_similarity=0.9, adaptive=False),
+        now=now,
+    )
+    assert len(fixed.hits) == 2
