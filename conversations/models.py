@@ -236,6 +236,10 @@ class EmbeddingSpace(models.Model):
     state = models.CharField(max_length=10, choices=SpaceState.choices, default=SpaceState.BUILDING)
     created_at = models.DateTimeField(db_default=Now(), editable=False)
     activated_at = models.DateTimeField(null=True, blank=True)
+    # The EMBEDDINGS-shaped config (BACKEND, MODEL, DIMENSIONS, OPTIONS) that builds this space's
+    # embedder, so workers and search follow the active space rather than their settings. Never a
+    # secret: an API key is named by OPTIONS["api_key_env"] and read from the environment.
+    config = models.JSONField(default=dict, blank=True)
 
     class Meta:
         constraints = [

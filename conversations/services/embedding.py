@@ -7,6 +7,13 @@ called outside any transaction. The vectors and the new states are then written 
 finishing UPDATE matches the claim time, so a row whose text changed meanwhile (and was put back
 to ``pending``) is not marked done with a stale vector. A claim older than the lease is handed
 back by ``embedding_reconcile``: a worker killed at any moment loses nothing.
+
+Embedding spaces (docs/embeddings.md): ``embedding_state`` describes the *active* space, whose
+embedder the drain follows. While a model switch builds another space, each batch is embedded
+for it too, so the switch never falls behind new items; failing there never fails an item (the
+switch's backfill fills the gap). The finishing transaction reads the live spaces under a lock
+an activation takes exclusively, so a batch never marks an item done against a space that a
+switch has just retired.
 """
 
 from __future__ import annotations
@@ -28,11 +35,21 @@ from conversations.models import (
     EmbeddingSpace,
     Message,
     MessageEmbedding,
+    SpaceState,
 )
+from conversations.search_cache import search_cache_invalidate
 from conversations.services.embedding_cache import embed_texts_cached, text_normalize
-from conversations.services.embedding_spaces import embedding_space_for
+from conversations.services.embedding_spaces import (
+    embedding_space_active_embedder,
+    embedding_space_embedder,
+    embedding_space_for,
+    embedding_spaces_live,
+)
 
 logger = logging.getLogger(__name__)
+
+# Building spaces whose embedder this process could not build (id -> the config that failed).
+_unbuildable: dict[int, str] = {}
 
 Kind = Literal["message", "conversation"]
 KINDS: tuple[Kind, ...] = ("message", "conversation")
@@ -63,8 +80,21 @@ class BatchOutcome:
     skipped: int = 0
 
 
+@dataclass(frozen=True)
+class BackfillPage:
+    read: int  # rows looked at (the progress of a pass)
+    stored: int  # vectors written (fewer when the worker got there first or a text changed meanwhile)
+    blank: int  # nothing to embed
+    rejected: list[tuple[UUID, str]]  # refused by the model, with why
+    last_id: UUID | None  # the keyset cursor of the next page
+
+
+FIRST_ID = UUID(int=0)
+
+
 def embedding_process_batch(*, kind: Kind, embedder: Embedder, space: EmbeddingSpace, limit: int) -> BatchOutcome:
-    """Claim, embed and store one batch of ``kind``. Returns what happened to its items."""
+    """Claim, embed and store one batch of ``kind`` in ``space`` (the active space, embedded by
+    ``embedder``) and in any space being built for a switch. Returns what happened to its items."""
     items = _claim(kind=kind, limit=limit)
     if not items:
         return BatchOutcome()
@@ -76,8 +106,10 @@ def embedding_process_batch(*, kind: Kind, embedder: Embedder, space: EmbeddingS
         outcome = embed_texts_cached(embedder=embedder, texts=[texts[item.id] for item, _ in todo]) if todo else None
     except EmbeddingUnavailable as exc:
         logger.warning("embedding provider unavailable for %d %ss: %s", len(todo), kind, exc)
-        failed = _finish_failed(kind, todo, f"provider unavailable: {exc}")
-        skipped = _finish_blank(kind, blank)
+        with transaction.atomic():
+            _forget_unembedded(kind, [item for item, _ in todo], {}, embedding_spaces_live())
+            failed = _finish_failed(kind, todo, f"provider unavailable: {exc}")
+            skipped = _finish_blank(kind, blank)
         return BatchOutcome(claimed=len(items), failed=failed, released=len(todo) - failed, skipped=skipped)
 
     done: list[tuple[ClaimedItem, datetime, list[float]]] = []
@@ -92,37 +124,132 @@ def embedding_process_batch(*, kind: Kind, embedder: Embedder, space: EmbeddingS
                 done.append((item, claimed, vector))
         else:
             rejected.append((item, claimed, outcome.failures.get(text, "not embedded") if outcome else "not embedded"))
+    vectors = {space.pk: {item.id: vector for item, _, vector in done}}
+    vectors.update(_embed_for_building(exclude=space, items=[item for item, _ in todo], texts=texts))
 
     with transaction.atomic():
-        _store_vectors(kind, space, done)
-        finished = _finish_done(kind, done)
-        # A rejected text fails for good: the same text will be rejected again.
-        failed = _finish_rejected(kind, rejected)
+        live = embedding_spaces_live()
+        for space_id, by_item in vectors.items():
+            if space_id in live:
+                _upsert_vectors(kind, space_id, [(item, by_item[item.id]) for item, _ in todo if item.id in by_item])
+        _forget_unembedded(kind, [item for item, _ in todo], vectors, live)
+        _forget_searches_on_commit(kind, [item.id for item, _, _ in done])
         skipped = _finish_blank(kind, blank)
-    return BatchOutcome(claimed=len(items), done=finished, failed=failed, skipped=skipped)
+        active_id = next((space_id for space_id, state in live.items() if state == SpaceState.ACTIVE), None)
+        if active_id == space.pk:
+            finished = _finish_done(kind, done)
+            # A rejected text fails for good: the same text will be rejected again.
+            failed = _finish_rejected(kind, rejected)
+            return BatchOutcome(claimed=len(items), done=finished, failed=failed, skipped=skipped)
+        # A switch activated another space while this batch was embedded: what has a vector there
+        # is done; the rest goes back to the queue, for the new active space's embedder.
+        made = vectors.get(active_id or 0, {})
+        finished = _finish(kind, [(item.id, claimed) for item, claimed in todo if item.id in made], "done")
+        again = [(item.id, claimed) for item, claimed in todo if item.id not in made]
+        released = _finish(kind, again, "pending", ["the active embedding space changed"] * len(again))
+    return BatchOutcome(claimed=len(items), done=finished, released=released, skipped=skipped)
 
 
 def embedding_drain(*, embedder: Embedder | None = None, seconds: float | None = None) -> int:
     """Process batches of every kind until nothing is pending or ``seconds`` have passed.
-    Returns how many items were claimed."""
-    if embedder is None:
-        from conversations.embeddings import get_embedder
-
-        embedder = get_embedder()
-    space = embedding_space_for(embedder=embedder)
+    Returns how many items were claimed. Without ``embedder``, each round embeds with the
+    active space's embedder (so a drain follows a switch); a given ``embedder`` (tests, tools)
+    must be the active space's model."""
     budget: float = seconds if seconds is not None else settings.EMBEDDING_DRAIN_SECONDS
     deadline = time.monotonic() + budget
+    fixed = None
+    if embedder is not None:
+        fixed = (embedding_space_for(embedder=embedder), embedder)
+        if not EmbeddingSpace.objects.filter(pk=fixed[0].pk, state=SpaceState.ACTIVE).exists():
+            raise ValueError(f"{embedder.model_id} is not the active embedding space")
     total = 0
     while time.monotonic() < deadline:
+        current = fixed or embedding_space_active_embedder()
+        if current is None:
+            logger.warning("no embedding space is active: nothing is embedded")
+            break
+        space, active_embedder = current
         claimed = 0
         for kind in KINDS:
             claimed += embedding_process_batch(
-                kind=kind, embedder=embedder, space=space, limit=settings.EMBEDDING_BATCH_SIZE
+                kind=kind, embedder=active_embedder, space=space, limit=settings.EMBEDDING_BATCH_SIZE
             ).claimed
         total += claimed
         if not claimed:
             break
     return total
+
+
+def embedding_backfill_page(
+    *, kind: Kind, space: EmbeddingSpace, embedder: Embedder, after: UUID, limit: int
+) -> BackfillPage:
+    """Embed the next ``limit`` items of ``kind`` after id ``after`` that have no vector in
+    ``space``, for a model switch. Keyset paging (``id > after ORDER BY id``) costs the same on
+    the last page as on the first, and picking only rows without a vector makes a pass
+    resumable from anywhere. Vectors go in through the shared cache and are only inserted
+    (never replacing the worker's) and only if the item's text is still the one embedded.
+    ``EmbeddingUnavailable`` propagates: stop, and run the pass again later."""
+    model, vector_model, text_sql = _SOURCES[kind]
+    items, vectors = model._meta.db_table, vector_model._meta.db_table
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"""
+            SELECT t.id, {text_sql}, md5({text_sql}) FROM {items} AS t
+             WHERE t.id > %s
+               AND NOT EXISTS (SELECT 1 FROM {vectors} AS e WHERE e.item_id = t.id AND e.space_id = %s)
+             ORDER BY t.id LIMIT %s
+            """,
+            [after, space.pk, limit],
+        )
+        rows = [(row[0], text_normalize(row[1] or ""), row[2]) for row in cursor.fetchall()]
+    if not rows:
+        return BackfillPage(read=0, stored=0, blank=0, rejected=[], last_id=None)
+    wanted = [(item_id, text, digest) for item_id, text, digest in rows if text]
+    outcome = embed_texts_cached(embedder=embedder, texts=[text for _, text, _ in wanted]) if wanted else None
+    good: list[tuple[UUID, str, list[float]]] = []
+    rejected: list[tuple[UUID, str]] = []
+    for item_id, text, digest in wanted:
+        vector = outcome.vectors.get(text) if outcome else None
+        if vector is not None and len(vector) == space.dimensions:
+            good.append((item_id, digest, vector))
+        else:
+            error = outcome.failures.get(text, "not embedded") if outcome else "not embedded"
+            rejected.append((item_id, error if vector is None else f"vector has {len(vector)} dimensions"))
+    stored = 0
+    if good:
+        good.sort()
+        with connection.cursor() as cursor:
+            cursor.execute(
+                f"""
+                INSERT INTO {vectors} (item_id, tenant_id, space_id, embedding)
+                SELECT t.id, t.tenant_id, %s, f.embedding::vector
+                  FROM unnest(%s::uuid[], %s::text[], %s::text[]) AS f(id, digest, embedding)
+                  JOIN {items} AS t ON t.id = f.id AND md5({text_sql}) = f.digest
+                 ORDER BY t.id
+                ON CONFLICT (item_id, space_id) DO NOTHING
+                """,
+                [space.pk, [g[0] for g in good], [g[1] for g in good], [_literal(g[2]) for g in good]],
+            )
+            stored = cursor.rowcount
+    return BackfillPage(
+        read=len(rows), stored=stored, blank=len(rows) - len(wanted), rejected=rejected, last_id=rows[-1][0]
+    )
+
+
+def embedding_backfill_missing(*, kind: Kind, space: EmbeddingSpace) -> int:
+    """How many items of ``kind`` have no vector in ``space`` (blank ones included): the total of
+    a backfill pass's progress. One anti-join over the table."""
+    model, vector_model, _ = _SOURCES[kind]
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"""
+            SELECT count(*) FROM {model._meta.db_table} AS t
+             WHERE NOT EXISTS (SELECT 1 FROM {vector_model._meta.db_table} AS e
+                                WHERE e.item_id = t.id AND e.space_id = %s)
+            """,
+            [space.pk],
+        )
+        return int(cursor.fetchone()[0])
 
 
 def embedding_reconcile() -> int:
@@ -177,17 +304,98 @@ def _claim(*, kind: Kind, limit: int) -> list[tuple[ClaimedItem, datetime]]:
 
 
 def _store_vectors(kind: Kind, space: EmbeddingSpace, done: list[tuple[ClaimedItem, datetime, list[float]]]) -> None:
-    if not done:
+    _upsert_vectors(kind, space.pk, [(item, vector) for item, _, vector in done])
+
+
+def _upsert_vectors(kind: Kind, space_id: int, rows: list[tuple[ClaimedItem, list[float]]]) -> None:
+    if not rows:
         return
     vector_model = _SOURCES[kind][1]
-    rows: list[Any] = [
-        vector_model(item_id=item.id, tenant_id=item.tenant_id, space=space, embedding=vector)
-        for item, _, vector in done
+    # Sorted by item: the switch's backfill writes the same keys in id order, so the two can
+    # never deadlock on the unique index.
+    objs: list[Any] = [
+        vector_model(item_id=item.id, tenant_id=item.tenant_id, space_id=space_id, embedding=vector)
+        for item, vector in sorted(rows, key=lambda row: row[0].id)
     ]
     # A conversation whose text changed is embedded again: its vector in the space is replaced.
     vector_model.objects.bulk_create(
-        rows, update_conflicts=True, unique_fields=["item", "space"], update_fields=["embedding"]
+        objs, update_conflicts=True, unique_fields=["item", "space"], update_fields=["embedding"]
     )
+
+
+def _embed_for_building(
+    *, exclude: EmbeddingSpace, items: list[ClaimedItem], texts: dict[UUID, str]
+) -> dict[int, dict[UUID, list[float]]]:
+    """Vectors of ``items`` in every space being built (by space id). Best effort: whatever fails
+    here is logged and left to the switch's backfill; it never fails an item."""
+    made: dict[int, dict[UUID, list[float]]] = {}
+    if not items:
+        return made
+    for space in EmbeddingSpace.objects.filter(state=SpaceState.BUILDING).exclude(pk=exclude.pk):
+        config = repr(space.config)
+        if _unbuildable.get(space.pk) == config:
+            continue
+        try:
+            embedder = embedding_space_embedder(space=space)
+        except Exception:
+            logger.exception("cannot build the embedder of %s: the switch's backfill will embed its items", space)
+            _unbuildable[space.pk] = config
+            continue
+        try:
+            outcome = embed_texts_cached(embedder=embedder, texts=[texts[item.id] for item in items])
+        except Exception as exc:
+            logger.warning("embedding for %s failed, left to the switch's backfill: %s", space, exc)
+            continue
+        made[space.pk] = {
+            item.id: vector
+            for item in items
+            if (vector := outcome.vectors.get(texts[item.id])) is not None and len(vector) == space.dimensions
+        }
+    return made
+
+
+def _forget_unembedded(
+    kind: Kind, items: list[ClaimedItem], made: dict[int, dict[UUID, list[float]]], live: dict[int, str]
+) -> None:
+    """Drop the vectors these items have in a space being built that this batch could not embed
+    them for: they may have been made from an older text, and a missing vector is what the
+    switch's backfill looks for."""
+    for space_id, state in live.items():
+        if state != SpaceState.BUILDING:
+            continue
+        stale = [item.id for item in items if item.id not in made.get(space_id, {})]
+        if stale:
+            _SOURCES[kind][1].objects.filter(space_id=space_id, item_id__in=stale).delete()
+
+
+def _forget_searches_on_commit(kind: Kind, ids: list[UUID]) -> None:
+    """New vectors change what searches return: once they are committed, drop the cached search
+    results of their tenants and users (conversations/search_cache.py)."""
+    if not ids:
+        return
+    if kind == "message":
+        sql = (
+            f"SELECT DISTINCT c.tenant_id, c.external_user_id FROM {Conversation._meta.db_table} AS c "
+            f"JOIN {Message._meta.db_table} AS m ON m.conversation_id = c.id WHERE m.id = ANY(%s)"
+        )
+    else:
+        sql = f"SELECT DISTINCT tenant_id, external_user_id FROM {Conversation._meta.db_table} WHERE id = ANY(%s)"
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [ids])
+        pairs = cursor.fetchall()
+    users: dict[int, set[str]] = {}
+    for tenant_id, user_id in pairs:
+        users.setdefault(tenant_id, set()).add(user_id)
+
+    def forget() -> None:
+        for tenant_id, user_ids in users.items():
+            search_cache_invalidate(tenant_id=tenant_id, user_ids=user_ids)
+
+    transaction.on_commit(forget, robust=True)
+
+
+def _literal(vector: list[float]) -> str:
+    return "[" + ",".join(repr(float(x)) for x in vector) + "]"
 
 
 def _finish(kind: Kind, rows: list[tuple[UUID, datetime]], state: str, errors: list[str] | None = None) -> int:
