@@ -10,7 +10,9 @@ server-owned fields from being assigned by a client.
 from __future__ import annotations
 
 import hashlib
-from typing import Annotated, Any
+import math
+from datetime import UTC, datetime, timedelta
+from typing import Annotated, Any, Literal
 from uuid import UUID
 
 import orjson
@@ -45,13 +47,42 @@ def _at_most(value: str, limit: int) -> str:
     return value
 
 
+_NUMBER_LIMIT = 2**63
+
+
+def _check_numbers(value: Any) -> None:
+    """jsonb keeps numbers exactly and hands integral ones back as integers; one of 2**63 or more
+    could be stored but never read back as JSON, so it is refused here."""
+    if isinstance(value, dict):
+        for item in value.values():
+            _check_numbers(item)
+    elif isinstance(value, list):
+        for item in value:
+            _check_numbers(item)
+    elif isinstance(value, (int, float)) and not isinstance(value, bool) and abs(value) >= _NUMBER_LIMIT:
+        raise ValueError(f"numbers must be smaller than 2**63 in magnitude (got {value!r})")
+
+
 def _json_object(value: dict[str, Any]) -> dict[str, Any]:
+    _check_numbers(value)
     limit: int = settings.CONVO_MAX_JSON_FIELD_BYTES
     size = len(orjson.dumps(value))
     if size > limit:
         raise ValueError(f"must serialize to at most {limit} bytes (got {size})")
     if "\\u0000" in orjson.dumps(value).decode():
         raise ValueError("must not contain NUL characters")
+    return value
+
+
+def _plausible_time(value: datetime | None) -> datetime | None:
+    """A platform timestamp between 1970 and a day from now: anything else is a client bug, and
+    would corrupt ordering (last_message_at) or fail to read back."""
+    if value is None:
+        return value
+    earliest = datetime(1970, 1, 1, tzinfo=UTC)
+    latest = datetime.now(UTC) + timedelta(days=1)
+    if not earliest <= value <= latest:
+        raise ValueError("must be between 1970-01-01 and one day from now")
     return value
 
 
@@ -89,7 +120,9 @@ class MessageIn(_Payload):
     sender_avatar_url: AvatarUrl = ""
     external_id: Identifier | None = Field(default=None, description="The platform's id of the message.")
     raw_payload: JsonObject | None = None
-    sent_at: AwareDatetime | None = Field(default=None, description="When the platform says it was sent.")
+    sent_at: Annotated[AwareDatetime | None, AfterValidator(_plausible_time)] = Field(
+        default=None, description="When the platform says it was sent."
+    )
 
 
 def _messages_limit(value: list[MessageIn]) -> list[MessageIn]:
@@ -132,7 +165,8 @@ class InboundMessageIn(MessageIn):
 
 
 class ConversationUpdateIn(_Payload):
-    """Fields a client may change on an existing conversation (PATCH: all optional)."""
+    """Fields a client may change on an existing conversation (PATCH: all optional; only
+    ``session_id`` may be set to null)."""
 
     user_id: Identifier | None = None
     channel: Channel | None = None
@@ -141,6 +175,13 @@ class ConversationUpdateIn(_Payload):
     summary: OptionalText | None = None
     transcript: Transcript | None = None
     metadata: JsonObject | None = None
+
+    @model_validator(mode="after")
+    def _no_nulls(self) -> ConversationUpdateIn:
+        nulls = sorted(name for name in self.model_fields_set if name != "session_id" and getattr(self, name) is None)
+        if nulls:
+            raise ValueError(f"{', '.join(nulls)}: may not be null")
+        return self
 
 
 class ConversationUpsertIn(_Payload):
@@ -168,3 +209,69 @@ class InboundMessageBatchIn(BaseModel):
 
 class ConversationMessagesIn(BaseModel):
     messages: list[MessageIn]
+
+
+def _finite_vector(value: list[float]) -> list[float]:
+    if not all(math.isfinite(x) and abs(x) < 3.4e38 for x in value):
+        raise ValueError("must hold finite numbers within float32 range")
+    if not any(value):
+        raise ValueError("must not be all zeros (it has no direction)")
+    return value
+
+
+def _k_limit(value: int) -> int:
+    limit: int = settings.SEARCH_MAX_K
+    if value > limit:
+        raise ValueError(f"must be at most {limit}")
+    return value
+
+
+class SearchFiltersIn(_Payload):
+    user_id: Identifier | None = None
+    channel: Channel | None = None
+    status: ConversationStatus | None = None
+    role: Role | None = None
+    metadata: JsonObject | None = None
+    created_after: AwareDatetime | None = None
+    created_before: AwareDatetime | None = None
+
+
+class SearchIn(_Payload):
+    """A search over the tenant's messages, by the meaning of ``query`` (or a ready ``vector``),
+    by its words (``mode="text"``), or both fused (``mode="hybrid"``)."""
+
+    query: OptionalText | None = None
+    vector: Annotated[list[float], AfterValidator(_finite_vector)] | None = Field(
+        default=None, description="A query vector in the active model's space."
+    )
+    mode: Literal["vector", "text", "hybrid"] = "vector"
+    k: Annotated[int, Field(ge=1), AfterValidator(_k_limit)] = 10
+    filters: SearchFiltersIn = Field(default_factory=SearchFiltersIn)
+    min_similarity: Annotated[float, Field(ge=-1.0, le=1.0)] = 0.7
+    adaptive: bool = Field(default=True, description="Lower the threshold step by step when fewer than k pass.")
+    time_weight: Annotated[float, Field(ge=0.0, le=1.0)] = 0.2
+    channel_weight: Annotated[float, Field(ge=0.0, le=1.0)] = 0.1
+    channel: Channel | None = Field(default=None, description="The channel asking, for the same-channel bonus.")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> SearchIn:
+        if self.query is None and self.vector is None:
+            raise ValueError("give query or vector")
+        if self.mode != "vector" and not (self.query and self.query.strip()):
+            raise ValueError(f"mode {self.mode!r} needs a query text")
+        if self.query is not None and self.vector is not None:
+            raise ValueError("give query or vector, not both")
+        if self.time_weight + self.channel_weight > 1.0:
+            raise ValueError("time_weight + channel_weight must be at most 1")
+        return self
+
+
+class ContextIn(_Payload):
+    """Context for an LLM prompt about one end user (seed 004's buildConversationContext)."""
+
+    user_id: Identifier
+    query: OptionalText | None = None
+    recent: Annotated[int, Field(ge=0, le=200)] = 10
+    k: Annotated[int, Field(ge=0), AfterValidator(_k_limit)] = 5
+    token_budget: Annotated[int, Field(ge=1)] | None = None
+    channel: Channel | None = None

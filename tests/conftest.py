@@ -31,12 +31,15 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
 
 @pytest.fixture(autouse=True)
 def _fresh_process_caches() -> Iterator[None]:
-    """Process-local caches (API keys, backlog count) must not leak between tests."""
-    api_key_cache_clear()
-    admission_cache_clear()
+    """Process-local caches (API keys, backlog count, embedding spaces) must not leak between
+    tests: a flushed database would leave them pointing at rows that no longer exist."""
+    from conversations.services.embedding_spaces import embedding_spaces_forget
+
+    for clear in (api_key_cache_clear, admission_cache_clear, embedding_spaces_forget):
+        clear()
     yield
-    api_key_cache_clear()
-    admission_cache_clear()
+    for clear in (api_key_cache_clear, admission_cache_clear, embedding_spaces_forget):
+        clear()
 
 
 @pytest.fixture

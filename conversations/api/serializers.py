@@ -146,6 +146,8 @@ class ConversationFilterSerializer(serializers.Serializer):
             raise serializers.ValidationError("Must be a JSON object.") from None
         if not isinstance(parsed, dict):
             raise serializers.ValidationError("Must be a JSON object.")
+        if "\\u0000" in value or "\x00" in value:
+            raise serializers.ValidationError("Must not contain NUL characters.")
         return parsed
 
     def to_filters(self) -> ConversationFilters:

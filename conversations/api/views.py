@@ -274,8 +274,8 @@ class UserStatsView(APIView):
     def get(self, request: Request, user_id: str) -> Response:
         query = out.UserStatsQuerySerializer(data=request.query_params)
         query.is_valid(raise_exception=True)
-        if len(user_id) > 255:
-            raise FieldErrors({"user_id": ["Ensure this field has no more than 255 characters."]})
+        if len(user_id) > 255 or "\x00" in user_id:
+            raise FieldErrors({"user_id": ["At most 255 characters, and no NUL characters."]})
         stats = user_conversation_stats(
             tenant=request_tenant(request), user_id=user_id, days=query.validated_data["days"]
         )

@@ -11,6 +11,7 @@ from psycopg.types.json import Jsonb
 
 from conversations.models import Conversation, EmbeddingState, Tenant
 from conversations.payloads import ConversationUpdateIn, ConversationUpsertIn
+from conversations.search_cache import search_cache_invalidate
 from conversations.services.embedding_kick import embedding_kick_on_commit
 from convo.errors import Conflict, NotFound
 
@@ -43,6 +44,10 @@ def conversation_upsert(
     """Seed 001's ``upsert_conversation``: create the conversation under ``conversation_id`` or
     replace its writable fields. Returns it with ``created``. An id that belongs to another tenant,
     or to a deleted conversation, is ``NotFound`` (never overwritten, never revealed)."""
+    # The user it belonged to before (if any) must stop finding it in cached searches too.
+    previous_users = list(
+        Conversation.objects.filter(pk=conversation_id, tenant=tenant).values_list("external_user_id", flat=True)
+    )
     try:
         with transaction.atomic(), connection.cursor() as cursor:
             params: list[Any] = [
@@ -64,7 +69,9 @@ def conversation_upsert(
     if row is None:
         raise NotFound("No such conversation.")
     embedding_kick_on_commit()
-    return Conversation.objects.get(pk=conversation_id), bool(row[0])
+    conversation = Conversation.objects.get(pk=conversation_id)
+    _forget_searches(conversation, *previous_users)
+    return conversation, bool(row[0])
 
 
 def conversation_update(*, conversation: Conversation, changes: ConversationUpdateIn) -> Conversation:
@@ -75,6 +82,7 @@ def conversation_update(*, conversation: Conversation, changes: ConversationUpda
     changed = [field for field, value in values.items() if getattr(conversation, field) != value]
     if not changed:
         return conversation
+    previous_user = conversation.external_user_id
     for field in changed:
         setattr(conversation, field, values[field])
     text_changed = bool(_EMBEDDED_FIELDS.intersection(changed))
@@ -92,6 +100,7 @@ def conversation_update(*, conversation: Conversation, changes: ConversationUpda
     conversation.refresh_from_db(fields=["updated_at"])
     if text_changed:
         embedding_kick_on_commit()
+    _forget_searches(conversation, previous_user)  # status, channel or user changed what a search finds
     return conversation
 
 
@@ -99,6 +108,12 @@ def conversation_update(*, conversation: Conversation, changes: ConversationUpda
 def conversation_soft_delete(*, conversation: Conversation) -> None:
     """Hide the conversation and its messages from every read; the rows stay for audit."""
     Conversation.objects.filter(pk=conversation.pk, deleted_at__isnull=True).update(deleted_at=Now())
+    _forget_searches(conversation)
+
+
+def _forget_searches(conversation: Conversation, *other_users: str) -> None:
+    tenant_id, users = conversation.tenant_id, {conversation.external_user_id, *other_users}
+    transaction.on_commit(lambda: search_cache_invalidate(tenant_id=tenant_id, user_ids=users), robust=True)
 
 
 def _conflict(exc: IntegrityError) -> Conflict:

@@ -17,6 +17,7 @@ import orjson
 from django.db import connection, transaction
 
 from conversations.models import IdempotencyRecord, Tenant
+from convo.db import retry_on_deadlock
 from convo.errors import Conflict
 
 MAX_KEY_LENGTH = 255
@@ -34,6 +35,7 @@ def request_fingerprint(*, scope: str, data: Any) -> str:
     return hashlib.sha256(scope.encode() + b"\0" + canonical).hexdigest()
 
 
+@retry_on_deadlock()
 @transaction.atomic
 def idempotent_call(
     *, tenant: Tenant, scope: str, key: str, fingerprint: str, action: Callable[[], tuple[int, Any]]

@@ -78,28 +78,37 @@ def conversation_create_batch(*, tenant: Tenant, payloads: Sequence[Conversation
     results: list[ItemResult | None] = [None] * len(payloads)
     fingerprints = [payload.fingerprint() for payload in payloads]
     taken_message_ids = _taken_message_external_ids(tenant, payloads)
+    # A payload whose own external_id is stored is a replay (or a conflict): it is answered by
+    # _explain_conversation_conflicts, and its messages must not be judged as clashes.
+    stored_conversations = _stored_conversation_external_ids(tenant, payloads)
 
-    ids: list[UUID] = []
     rows: list[tuple[int, UUID, ConversationIn]] = []
     for index, payload in enumerate(payloads):
-        clash = _message_external_id_clash(payload.messages, taken_message_ids)
-        if clash is not None:
-            results[index] = clash
-            continue
-        conversation_id = uuid7()
-        ids.append(conversation_id)
-        rows.append((index, conversation_id, payload))
+        if payload.external_id not in stored_conversations:
+            clash = _message_external_id_clash(payload.messages, taken_message_ids)
+            if clash is not None:
+                results[index] = clash
+                continue
+        rows.append((index, uuid7(), payload))
 
     inserted = _insert_conversations(tenant, rows, fingerprints)
     message_rows: list[tuple[UUID, MessageIn, UUID]] = []
+    planned: dict[UUID, tuple[int, tuple[UUID, ...]]] = {}
     for index, conversation_id, payload in rows:
         if conversation_id in inserted:
             message_ids = tuple(uuid7() for _ in payload.messages)
             message_rows.extend(zip(message_ids, payload.messages, [conversation_id] * len(message_ids), strict=True))
+            planned[conversation_id] = (index, message_ids)
+    stored_messages = _insert_messages(tenant, message_rows)
+    for conversation_id, (index, message_ids) in planned.items():
+        if all(message_id in stored_messages for message_id in message_ids):
             results[index] = Accepted(id=conversation_id, message_ids=message_ids)
-    _insert_messages(tenant, message_rows)
+        else:
+            # A concurrent request stored one of its message external_ids after the check above:
+            # take the conversation back out rather than acknowledge messages that are not stored.
+            results[index] = _withdraw(conversation_id, payloads[index], stored_messages, message_ids)
 
-    if inserted:
+    if any(isinstance(result, Accepted) for result in results):
         embedding_kick_on_commit()
     missing = [(index, payload) for index, conversation_id, payload in rows if conversation_id not in inserted]
     if missing:
@@ -286,17 +295,43 @@ def _taken_message_external_ids(tenant: Tenant, payloads: Sequence[ConversationI
     return {external_id for external_id in stored if external_id}
 
 
+def _stored_conversation_external_ids(tenant: Tenant, payloads: Sequence[ConversationIn]) -> set[str]:
+    wanted = [payload.external_id for payload in payloads if payload.external_id]
+    if not wanted:
+        return set()
+    stored = Conversation.objects.filter(tenant=tenant, external_id__in=wanted).values_list("external_id", flat=True)
+    return {external_id for external_id in stored if external_id}
+
+
 def _message_external_id_clash(messages: Sequence[MessageIn], taken: set[str]) -> Rejected | None:
+    """Reject a payload one of whose message external_ids is stored or used earlier in the batch.
+    Its ids join ``taken`` only when the whole payload passes, so a rejected payload does not
+    block later ones."""
+    own: set[str] = set()
     for position, message in enumerate(messages):
-        if message.external_id and message.external_id in taken:
+        if message.external_id and (message.external_id in taken or message.external_id in own):
             return Rejected(
                 "conflict",
                 "A message with this external_id is already stored.",
                 {f"messages.{position}.external_id": ["Already stored."]},
             )
         if message.external_id:
-            taken.add(message.external_id)  # also catches the same id twice within one batch
+            own.add(message.external_id)
+    taken.update(own)
     return None
+
+
+def _withdraw(
+    conversation_id: UUID, payload: ConversationIn, stored: set[UUID], message_ids: tuple[UUID, ...]
+) -> Rejected:
+    Message.objects.filter(id__in=[m for m in message_ids if m in stored]).delete()
+    Conversation.objects.filter(id=conversation_id).delete()
+    position = next(i for i, message_id in enumerate(message_ids) if message_id not in stored)
+    return Rejected(
+        "conflict",
+        "A message with this external_id is already stored.",
+        {f"messages.{position}.external_id": ["Already stored."]},
+    )
 
 
 def _explain_conversation_conflicts(
@@ -314,7 +349,9 @@ def _explain_conversation_conflicts(
         if payload.external_id and payload.external_id in stored:
             conversation_id, fingerprint = stored[payload.external_id]
             if fingerprint == fingerprints[index]:
-                explained[index] = Accepted(id=conversation_id, replayed=True)
+                explained[index] = Accepted(
+                    id=conversation_id, replayed=True, message_ids=_message_ids_of(conversation_id)
+                )
             else:
                 explained[index] = Rejected(
                     "conflict",
@@ -328,6 +365,14 @@ def _explain_conversation_conflicts(
                 {"session_id": ["An active conversation with this user_id and session_id exists."]},
             )
     return explained
+
+
+def _message_ids_of(conversation_id: UUID) -> tuple[UUID, ...]:
+    return tuple(
+        Message.objects.filter(conversation_id=conversation_id)
+        .order_by("created_at", "id")
+        .values_list("id", flat=True)
+    )
 
 
 def _explain_message_replays(tenant: Tenant, replays: Sequence[tuple[int, MessageIn]]) -> dict[int, ItemResult]:

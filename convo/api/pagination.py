@@ -18,7 +18,7 @@ class NewestFirstCursorPagination(CursorPagination):
         maximum: int = settings.CONVO_MAX_PAGE_SIZE
         if raw is None:
             return int(settings.CONVO_DEFAULT_PAGE_SIZE)
-        if not raw.isdigit() or int(raw) < 1:
+        if not (raw.isascii() and raw.isdecimal()) or int(raw) < 1:
             raise FieldErrors({"page_size": ["A positive integer is required."]})
         if int(raw) > maximum:
             raise FieldErrors({"page_size": [f"Ensure this value is less than or equal to {maximum}."]})

@@ -22,7 +22,7 @@ class BoundedJSONParser(BaseParser):
         limit: int = settings.CONVO_MAX_BODY_BYTES
         request = (parser_context or {}).get("request")
         declared = request.META.get("CONTENT_LENGTH") if request is not None else None
-        if declared and declared.isdigit() and int(declared) > limit:
+        if declared and declared.isascii() and declared.isdecimal() and int(declared) > limit:
             raise PayloadTooLarge(f"The request body is {declared} bytes; the limit is {limit} bytes.")
         # Read one byte past the limit so a body without an honest Content-Length is caught too.
         body = stream.read(limit + 1)

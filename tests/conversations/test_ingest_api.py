@@ -38,10 +38,10 @@ def test_create_stores_rows_pending_and_answers_202_with_ids(api, tenant):
 
 
 def test_timestamps_are_kept_by_the_database(api):
-    sent_at = "2030-01-02T03:04:05Z"
+    sent_at = "2026-01-02T03:04:05Z"
     body = api.post(URL, conversation(messages=[{"text": "later", "sent_at": sent_at}]), format="json").json()
     stored = Conversation.objects.get(pk=body["id"])
-    assert stored.last_message_at.isoformat().startswith("2030-01-02T03:04:05")
+    assert stored.last_message_at.isoformat().startswith("2026-01-02T03:04:05")
     assert stored.updated_at >= stored.created_at
 
     before = stored.updated_at
@@ -242,3 +242,60 @@ def test_messages_can_be_added_to_a_conversation(api):
     assert response.status_code == 202
     listed = api.get(f"{URL}/{created['id']}/messages").json()["results"]
     assert [m["text"] for m in listed] == ["How much is it?", "one", "two"]
+
+
+@pytest.mark.parametrize(
+    ("overrides", "field"),
+    [
+        ({"metadata": {"a": 1e20}}, "metadata"),
+        ({"metadata": {"a": [2**63]}}, "metadata"),
+        ({"messages": [{"text": "x", "raw_payload": {"n": -(2**64)}}]}, "messages.0.raw_payload"),
+        ({"messages": [{"text": "x", "sent_at": "0001-01-01T00:00:00+05:00"}]}, "messages.0.sent_at"),
+        ({"messages": [{"text": "x", "sent_at": "9999-12-31T23:59:59-05:00"}]}, "messages.0.sent_at"),
+    ],
+)
+def test_values_that_could_not_be_read_back_are_refused(api, overrides, field):
+    response = api.post(URL, conversation(**overrides), format="json")
+    assert response.status_code == 400
+    assert field in response.json()["error"]["fields"]
+    assert api.get(URL).status_code == 200
+
+
+def test_replaying_a_conversation_with_message_external_ids_is_a_replay(api):
+    body = conversation(external_id="c1", messages=[{"text": "hi", "external_id": "m1"}])
+    first = api.post(URL, body, format="json").json()
+    again = api.post(URL, body, format="json")
+    assert again.status_code == 202
+    assert again.json()["id"] == first["id"]
+    assert again.json()["message_ids"] == first["message_ids"]
+
+
+def test_a_rejected_item_does_not_block_later_items_of_the_batch(api):
+    api.post(URL, conversation(session_id="seed", messages=[{"text": "b", "external_id": "b"}]), format="json")
+    items = [
+        conversation(session_id="one", messages=[{"text": "a", "external_id": "a"}, {"text": "b", "external_id": "b"}]),
+        conversation(session_id="two", messages=[{"text": "a", "external_id": "a"}]),
+    ]
+    results = api.post(f"{URL}/batch", {"conversations": items}, format="json").json()["results"]
+    assert "messages.1.external_id" in results[0]["error"]["fields"]
+    assert "id" in results[1]
+
+
+@pytest.mark.parametrize("field", ["user_id", "status", "channel", "summary", "transcript", "metadata"])
+def test_patch_with_null_is_400_naming_the_field(api, field):
+    created = api.post(URL, conversation(), format="json").json()
+    response = api.patch(f"{URL}/{created['id']}", {field: None}, format="json")
+    assert response.status_code == 400
+    assert field in str(response.json()["error"]["fields"])
+
+
+def test_patch_may_clear_the_session(api):
+    created = api.post(URL, conversation(), format="json").json()
+    assert api.patch(f"{URL}/{created['id']}", {"session_id": None}, format="json").status_code == 200
+
+
+def test_odd_query_and_path_values_are_4xx(api):
+    created = api.post(URL, conversation(), format="json").json()
+    assert api.get(f"{URL}/{created['id']}/messages", {"page_size": "\u00b2"}).status_code == 400
+    assert api.get(URL, {"metadata": '{"a": "\\u0000"}'}).status_code == 400
+    assert api.get("/api/v1/users/a%00b/stats").status_code == 400
