@@ -25,7 +25,7 @@ from django.db import connection, transaction
 from django.utils import timezone
 from psycopg.types.json import Jsonb
 
-from conversations.models import Conversation, EmbeddingSpace, Message, MessageEmbedding, Tenant
+from conversations.models import Conversation, ConversationEmbedding, EmbeddingSpace, Message, MessageEmbedding, Tenant
 
 _VECTORS = MessageEmbedding._meta.db_table
 _MESSAGES = Message._meta.db_table
@@ -143,7 +143,103 @@ def message_search(
     return SearchResult(hits=hits[:k], strategy=strategy, matching=matching, threshold=threshold)
 
 
+def message_text_search(*, tenant: Tenant, query: str, filters: SearchFilters, limit: int) -> list[tuple[UUID, float]]:
+    """Messages matching the words of ``query`` (PostgreSQL full-text search, ``simple``
+    configuration: no stemming, any language), best ``ts_rank_cd`` first. The expression matches
+    the GIN index ``msg_text_search``."""
+    where, params = _where_messages(tenant=tenant, filters=filters)
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"""
+            SELECT m.id, ts_rank_cd({_TSVECTOR}, q) AS rank
+              FROM {_MESSAGES} AS m JOIN {_CONVERSATIONS} AS c ON c.id = m.conversation_id,
+                   websearch_to_tsquery('simple', %s) AS q
+             WHERE {where} AND {_TSVECTOR} @@ q
+             ORDER BY rank DESC, m.created_at DESC LIMIT %s
+            """,
+            [query, *params, limit],
+        )
+        return [(row[0], float(row[1])) for row in cursor.fetchall()]
+
+
+def message_words_search(
+    *, tenant: Tenant, query: str, filters: SearchFilters, k: int, ranking: Ranking, now: datetime | None = None
+) -> SearchResult:
+    """Text mode: messages ranked by their words alone; ``score`` is ``ts_rank_cd``."""
+    matches = message_text_search(tenant=tenant, query=query, filters=filters, limit=k)
+    hits = {
+        hit.message_id: hit
+        for hit in _hydrate([(item, float("nan")) for item, _ in matches], ranking=ranking, now=now or timezone.now())
+    }
+    ordered = [SearchHit(**{**hits[item].__dict__, "score": rank}) for item, rank in matches if item in hits]
+    return SearchResult(hits=ordered, strategy="text", matching=len(matches), threshold=-1.0)
+
+
+def reciprocal_rank_fusion(*rankings: list[UUID], k: int = 60) -> list[tuple[UUID, float]]:
+    """Fuse rankings by ``sum(1 / (k + rank))`` (Cormack et al., 2009): robust to the two lists'
+    scores living on different scales, which is why hybrid search fuses ranks, not scores."""
+    fused: dict[UUID, float] = {}
+    for ranking in rankings:
+        for rank, item in enumerate(ranking, start=1):
+            fused[item] = fused.get(item, 0.0) + 1.0 / (k + rank)
+    return sorted(fused.items(), key=lambda pair: pair[1], reverse=True)
+
+
+def message_hybrid_search(
+    *,
+    tenant: Tenant,
+    space: EmbeddingSpace,
+    vector: list[float],
+    query: str,
+    filters: SearchFilters,
+    k: int,
+    ranking: Ranking,
+    now: datetime | None = None,
+) -> SearchResult:
+    """Vector neighbours and full-text matches fused by reciprocal rank. ``score`` is the fused
+    score; ``similarity`` is the cosine similarity where the vector side found the message."""
+    wanted = max(k * settings.SEARCH_CANDIDATE_FACTOR, k)
+    neighbours, strategy, matching = message_neighbours(
+        tenant=tenant, space=space, vector=vector, filters=filters, limit=wanted
+    )
+    words = message_text_search(tenant=tenant, query=query, filters=filters, limit=wanted)
+    fused = reciprocal_rank_fusion([item for item, _ in neighbours], [item for item, _ in words])[:k]
+    similarity = dict(neighbours)
+    hits = {
+        hit.message_id: hit
+        for hit in _hydrate(
+            [(item, similarity.get(item, float("nan"))) for item, _ in fused],
+            ranking=ranking,
+            now=now or timezone.now(),
+        )
+    }
+    ordered = [SearchHit(**{**hits[item].__dict__, "score": score}) for item, score in fused if item in hits]
+    return SearchResult(hits=ordered, strategy=f"hybrid:{strategy}", matching=matching, threshold=-1.0)
+
+
+def conversation_neighbours(
+    *, tenant: Tenant, space: EmbeddingSpace, vector: list[float], user_id: str, limit: int
+) -> list[tuple[UUID, float]]:
+    """The user's live conversations nearest to ``vector`` (by summary or transcript). One user's
+    conversations are few, so this is always an exact scan, correct by construction."""
+    dims = int(space.dimensions)
+    distance = f"(e.embedding::vector({dims}) <=> %s::vector({dims}))"
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"""
+            SELECT e.item_id, 1 - {distance}
+              FROM {ConversationEmbedding._meta.db_table} AS e JOIN {_CONVERSATIONS} AS c ON c.id = e.item_id
+             WHERE e.space_id = %s AND e.tenant_id = %s AND c.external_user_id = %s AND c.deleted_at IS NULL
+             ORDER BY {distance} + 0 LIMIT %s
+            """,
+            [_literal(vector), space.pk, tenant.pk, user_id, _literal(vector), limit],
+        )
+        return [(row[0], float(row[1])) for row in cursor.fetchall()]
+
+
 # --- internals ---------------------------------------------------------------------------------
+
+_TSVECTOR = "to_tsvector('simple'::regconfig, m.text)"
 
 _FROM = (
     f"{_VECTORS} AS e JOIN {_MESSAGES} AS m ON m.id = e.item_id JOIN {_CONVERSATIONS} AS c ON c.id = m.conversation_id"
@@ -151,8 +247,13 @@ _FROM = (
 
 
 def _where(*, tenant: Tenant, space: EmbeddingSpace, filters: SearchFilters) -> tuple[str, list[Any]]:
-    clauses = ["e.space_id = %s", "e.tenant_id = %s", "c.deleted_at IS NULL"]
-    params: list[Any] = [space.pk, tenant.pk]
+    where, params = _where_messages(tenant=tenant, filters=filters)
+    return f"e.space_id = %s AND e.tenant_id = %s AND {where}", [space.pk, tenant.pk, *params]
+
+
+def _where_messages(*, tenant: Tenant, filters: SearchFilters) -> tuple[str, list[Any]]:
+    clauses = ["m.tenant_id = %s", "c.deleted_at IS NULL"]
+    params: list[Any] = [tenant.pk]
     for column, value in (
         ("c.external_user_id", filters.user_id),
         ("c.channel", filters.channel),

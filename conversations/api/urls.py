@@ -1,6 +1,7 @@
-from django.urls import path
+from django.urls import path, re_path
 from rest_framework.routers import SimpleRouter
 
+from conversations.api.search_views import ContextView, SearchView
 from conversations.api.views import ConversationViewSet, MessageViewSet, UserStatsView
 
 
@@ -20,4 +21,6 @@ router.register("messages", MessageViewSet, basename="message")
 urlpatterns = [
     *router.urls,
     path("users/<str:user_id>/stats", UserStatsView.as_view(), name="user-stats"),
+    re_path(r"^search/?$", SearchView.as_view(), name="search"),
+    re_path(r"^context/?$", ContextView.as_view(), name="context"),
 ]

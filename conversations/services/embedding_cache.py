@@ -43,7 +43,7 @@ class CacheOutcome:
     misses: int = 0
 
 
-def embed_texts_cached(*, embedder: Embedder, texts: Sequence[str]) -> CacheOutcome:
+def embed_texts_cached(*, embedder: Embedder, texts: Sequence[str], count: bool = True) -> CacheOutcome:
     """Vectors for the distinct normalised ``texts``. Texts the provider rejects or answers badly
     are isolated (the batch is split until the bad text stands alone) and reported in
     ``failures``; ``EmbeddingUnavailable`` propagates: the whole batch should be retried later."""
@@ -80,7 +80,8 @@ def embed_texts_cached(*, embedder: Embedder, texts: Sequence[str]) -> CacheOutc
                 )
             _hot_set({keys[text]: vector for text, vector in fresh.items()})
             outcome.vectors.update(fresh)
-    _count(embedder.model_id, outcome)
+    if count:
+        _count(embedder.model_id, outcome)
     return outcome
 
 

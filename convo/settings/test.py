@@ -26,3 +26,5 @@ EMBEDDINGS = {
     "DIMENSIONS": 384,
     "OPTIONS": {},
 }
+# One process: the per-process cache is coherent, so the search result cache can be tested.
+SEARCH_CACHE_LOCAL = True

@@ -34,3 +34,11 @@ SEARCH_CANDIDATE_FACTOR: int = env.int("SEARCH_CANDIDATE_FACTOR", default=3)
 SEARCH_ADAPTIVE_STEP: float = env.float("SEARCH_ADAPTIVE_STEP", default=0.1)
 SEARCH_ADAPTIVE_FLOOR: float = env.float("SEARCH_ADAPTIVE_FLOOR", default=0.3)
 SEARCH_MAX_K: int = env.int("SEARCH_MAX_K", default=100)
+# Search results are cached this long (and dropped at once when the searched data changes).
+SEARCH_CACHE_SECONDS: int = env.int("SEARCH_CACHE_SECONDS", default=300)
+# Without REDIS_URL the cache is per process, and a change seen by one process would not drop the
+# results cached by another: the result cache is then off unless this says otherwise (one process).
+SEARCH_CACHE_LOCAL: bool = env.bool("SEARCH_CACHE_LOCAL", default=False)
+# Context for a prompt: default token budget, and the most recent messages always included.
+CONTEXT_DEFAULT_TOKEN_BUDGET: int = env.int("CONTEXT_DEFAULT_TOKEN_BUDGET", default=1500)
+CONTEXT_MAX_TOKEN_BUDGET: int = env.int("CONTEXT_MAX_TOKEN_BUDGET", default=32_000)
