@@ -26,7 +26,19 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         from django.db import connections
 
         connections.close_all()
-        embedded_db.embedded_server_stop(data_dir=settings.CONVO_DATA_DIR)
+        if not _other_clients_connected():  # another test run still uses the server
+            embedded_db.embedded_server_stop(data_dir=settings.CONVO_DATA_DIR)
+
+
+def _other_clients_connected() -> bool:
+    import psycopg
+
+    db = settings.DATABASES["default"]
+    with psycopg.connect(host=db["HOST"], port=db["PORT"], user=db["USER"], dbname="postgres") as conn:
+        row = conn.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend' AND pid <> pg_backend_pid()"
+        ).fetchone()
+    return bool(row and row[0])
 
 
 @pytest.fixture(autouse=True)

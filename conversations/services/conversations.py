@@ -9,6 +9,7 @@ from django.db import IntegrityError, connection, transaction
 from django.db.models.functions import Now
 from psycopg.types.json import Jsonb
 
+from clustering.services.moderation import clusters_forget_conversation
 from conversations.models import Conversation, EmbeddingState, Tenant
 from conversations.payloads import ConversationUpdateIn, ConversationUpsertIn
 from conversations.search_cache import search_cache_invalidate
@@ -107,7 +108,10 @@ def conversation_update(*, conversation: Conversation, changes: ConversationUpda
 @transaction.atomic
 def conversation_soft_delete(*, conversation: Conversation) -> None:
     """Hide the conversation and its messages from every read; the rows stay for audit."""
-    Conversation.objects.filter(pk=conversation.pk, deleted_at__isnull=True).update(deleted_at=Now())
+    with transaction.atomic():
+        hidden = Conversation.objects.filter(pk=conversation.pk, deleted_at__isnull=True).update(deleted_at=Now())
+        if hidden:
+            clusters_forget_conversation(conversation=conversation)
     _forget_searches(conversation)
 
 

@@ -28,6 +28,7 @@ from uuid import UUID
 from django.conf import settings
 from django.db import connection, transaction
 
+from clustering.services.assignment import EmbeddedMessage, clusters_assign_embedded
 from conversations.embeddings.base import Embedder, EmbeddingUnavailable
 from conversations.models import (
     Conversation,
@@ -138,6 +139,8 @@ def embedding_process_batch(*, kind: Kind, embedder: Embedder, space: EmbeddingS
         active_id = next((space_id for space_id, state in live.items() if state == SpaceState.ACTIVE), None)
         if active_id == space.pk:
             finished = _finish_done(kind, done)
+            if kind == "message":
+                _assign_to_clusters(space, [(item, vector) for item, _, vector in done])
             # A rejected text fails for good: the same text will be rejected again.
             failed = _finish_rejected(kind, rejected)
             return BatchOutcome(claimed=len(items), done=finished, failed=failed, skipped=skipped)
@@ -145,6 +148,9 @@ def embedding_process_batch(*, kind: Kind, embedder: Embedder, space: EmbeddingS
         # is done; the rest goes back to the queue, for the new active space's embedder.
         made = vectors.get(active_id or 0, {})
         finished = _finish(kind, [(item.id, claimed) for item, claimed in todo if item.id in made], "done")
+        if kind == "message" and active_id is not None:
+            active = EmbeddingSpace.objects.get(pk=active_id)
+            _assign_to_clusters(active, [(item, made[item.id]) for item, _ in todo if item.id in made])
         again = [(item.id, claimed) for item, claimed in todo if item.id not in made]
         released = _finish(kind, again, "pending", ["the active embedding space changed"] * len(again))
     return BatchOutcome(claimed=len(items), done=finished, released=released, skipped=skipped)
@@ -352,6 +358,15 @@ def _embed_for_building(
             if (vector := outcome.vectors.get(texts[item.id])) is not None and len(vector) == space.dimensions
         }
     return made
+
+
+def _assign_to_clusters(space: EmbeddingSpace, rows: list[tuple[ClaimedItem, list[float]]]) -> None:
+    """Assign the inbound messages just embedded to clusters, in the transaction that marks them
+    done: a message is clustered exactly once, whenever the worker dies."""
+    clusters_assign_embedded(
+        space=space,
+        items=[EmbeddedMessage(id=item.id, tenant_id=item.tenant_id, vector=vector) for item, vector in rows],
+    )
 
 
 def _forget_unembedded(

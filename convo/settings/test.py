@@ -8,6 +8,8 @@ from convo.env import BASE_DIR
 
 # The suite runs its own embedded server, so `make test` never disturbs a running `make run`.
 os.environ.setdefault("CONVO_DATA_DIR", str(BASE_DIR / ".data" / "test"))
+# Each test run gets its own database on that server, so runs in parallel never drop each other's.
+os.environ.setdefault("CONVO_TEST_DB_NAME", f"test_convo_{os.getpid()}")
 
 from convo.settings.base import *  # noqa: F403
 from convo.settings.base import Q_CLUSTER as _Q_CLUSTER

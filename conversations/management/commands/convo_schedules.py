@@ -13,6 +13,11 @@ SCHEDULES: dict[str, dict[str, Any]] = {
         "schedule_type": Schedule.MINUTES,
         "minutes": 1,
     },
+    "convo: send due deliveries": {
+        "func": "clustering.tasks.send_due_deliveries",
+        "schedule_type": Schedule.MINUTES,
+        "minutes": 1,
+    },
 }
 
 

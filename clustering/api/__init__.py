@@ -1,0 +1,1 @@
+"""The clustering REST API (under /api/v1/)."""

@@ -1,0 +1,398 @@
+"""The clusters API under /api/v1/: list, detail, members, audit log, and the moderator actions
+(answer, relabel, remove a message, merge, split, reopen, archive), plus a message's cluster and
+the clustering stats. Each action parses its input, calls one service or selector, serializes.
+
+Tenancy: clusters in the path come from ``TenantScopedViewSet.get_object`` (404 for another
+tenant's); ids in a body (merge's clusters, split's and remove's messages) are looked up for the
+tenant before any service runs, and answer 404 naming the field when the tenant has no such row.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlencode
+from uuid import UUID
+
+import orjson
+from django.conf import settings
+from django.core.exceptions import ValidationError as DjangoValidationError
+from django.db.models import Model, Q, QuerySet
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
+from rest_framework.decorators import action
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from clustering.api import serializers as out
+from clustering.list_cache import cluster_list_cache_get, cluster_list_cache_key, cluster_list_cache_set
+from clustering.models import Cluster, ClusterStatus
+from clustering.payloads import (
+    ClusterAnswerIn,
+    ClusteringStatsQuery,
+    ClusterListQuery,
+    ClusterMergeIn,
+    ClusterRelabelIn,
+    ClusterRemoveMessageIn,
+    ClusterSplitIn,
+    PageQuery,
+)
+from clustering.selectors import (
+    ACTION_ORDERING,
+    CLUSTER_ORDERINGS,
+    MEMBER_ORDERING,
+    cluster_actions,
+    cluster_list,
+    cluster_members,
+    clustering_stats,
+    clusters_of_tenant,
+    message_cluster,
+    message_ids_of_tenant,
+    ordering_expressions,
+)
+from clustering.services.moderation import (
+    Actor,
+    cluster_answer,
+    cluster_archive,
+    cluster_merge,
+    cluster_relabel,
+    cluster_remove_message,
+    cluster_reopen,
+    cluster_split,
+)
+from conversations.api.views import UUID_PATTERN
+from convo.api.errors import FieldErrors
+from convo.api.principal import TenantPrincipal
+from convo.api.tenancy import TenantScopedViewSet, request_tenant
+from convo.api.validation import parse_payload
+from convo.errors import NotFound
+
+ERRORS = {
+    400: OpenApiResponse(OpenApiTypes.OBJECT, description="Invalid input; `error.fields` names each bad field."),
+    404: OpenApiResponse(OpenApiTypes.OBJECT, description="No such cluster (or message) for this tenant."),
+}
+CONFLICT = {409: OpenApiResponse(OpenApiTypes.OBJECT, description="Not allowed in the cluster's status.")}
+PAGE_PARAMETERS = [
+    OpenApiParameter("page_size", OpenApiTypes.INT, description="Items per page (1 to CONVO_MAX_PAGE_SIZE)."),
+    OpenApiParameter("cursor", OpenApiTypes.STR, description="The `next` or `previous` cursor of another page."),
+]
+LIST_PARAMETERS = [
+    OpenApiParameter("status", OpenApiTypes.STR, enum=ClusterStatus.values, description="Only this status."),
+    OpenApiParameter(
+        "ordering",
+        OpenApiTypes.STR,
+        enum=list(CLUSTER_ORDERINGS),
+        description="`-size` (largest first, the default), `size`, `-last_message_at` (latest message first) "
+        "or `last_message_at`.",
+    ),
+    *PAGE_PARAMETERS,
+]
+
+
+def _actor(request: Request) -> Actor:
+    """The audit log names an API caller by its key's public prefix (never the key's hash)."""
+    principal = request.user
+    if not isinstance(principal, TenantPrincipal):  # IsTenant has already refused such requests
+        raise PermissionError("request is not authenticated as a tenant")
+    prefix, _, _ = principal.api_key_id.partition(".")
+    return Actor(label=f"api-key:{prefix}")
+
+
+def _query(model: type[Any], request: Request) -> Any:
+    return parse_payload(model, request.query_params.dict())
+
+
+class ClusterViewSet(TenantScopedViewSet):
+    """Clusters of look-alike inbound messages, and the moderator's actions on them."""
+
+    base_queryset = Cluster.objects.defer("vector_sum")
+    serializer_class = out.ClusterSerializer
+    lookup_value_regex = UUID_PATTERN
+
+    @extend_schema(
+        parameters=LIST_PARAMETERS,
+        responses={200: out.ClusterPageSerializer, 400: ERRORS[400]},
+        description="The tenant's clusters, each with its newest members, by keyset pages. Pages are cached for "
+        "CLUSTER_LIST_CACHE_SECONDS and dropped at once by any change to the tenant's clusters "
+        "(`X-Cache: hit` marks a cached page).",
+    )
+    def list(self, request: Request) -> Response:
+        query: ClusterListQuery = _query(ClusterListQuery, request)
+        params = query.model_dump(mode="json", exclude_none=True)
+        base_url = request.build_absolute_uri(request.path)
+        key = cluster_list_cache_key(tenant_id=self.tenant.pk, request={**params, "url": base_url})
+        cached = cluster_list_cache_get(key)
+        if cached is not None:
+            return Response(cached, headers={"X-Cache": "hit"})
+        clusters = cluster_list(tenant=self.tenant, status=query.status, ordering=query.ordering)
+        page = keyset_page(clusters, keys=CLUSTER_ORDERINGS[query.ordering], cursor=query.cursor, size=query.page_size)
+        body = page.body(base_url, params, out.ClusterListItemSerializer(page.items, many=True).data)
+        cluster_list_cache_set(key, body)
+        return Response(body, headers={"X-Cache": "miss"})
+
+    @extend_schema(responses={200: out.ClusterDetailSerializer, 404: ERRORS[404]})
+    def retrieve(self, request: Request, pk: str) -> Response:
+        cluster = self.get_object()
+        limit = int(settings.CLUSTER_DETAIL_MESSAGES)
+        members = list(cluster_members(cluster=cluster)[: limit + 1])
+        cluster.first_members = members[:limit]
+        cluster.messages_truncated = len(members) > limit
+        return Response(out.ClusterDetailSerializer(cluster).data)
+
+    @extend_schema(request=ClusterRelabelIn, responses={200: out.ClusterSerializer, **ERRORS})
+    def partial_update(self, request: Request, pk: str) -> Response:
+        payload = parse_payload(ClusterRelabelIn, request.data)
+        cluster = cluster_relabel(cluster=self.get_object(), label=payload.label, actor=_actor(request))
+        return Response(out.ClusterSerializer(cluster).data)
+
+    @extend_schema(parameters=PAGE_PARAMETERS, responses={200: out.ClusterMemberPageSerializer, **ERRORS})
+    @action(detail=True, methods=["get"])
+    def messages(self, request: Request, pk: str) -> Response:
+        query: PageQuery = _query(PageQuery, request)
+        page = keyset_page(
+            cluster_members(cluster=self.get_object()), keys=MEMBER_ORDERING, cursor=query.cursor, size=query.page_size
+        )
+        data = out.ClusterMemberSerializer(page.items, many=True).data
+        return Response(page.body(request.build_absolute_uri(request.path), _page_params(query), data))
+
+    @extend_schema(
+        parameters=PAGE_PARAMETERS,
+        responses={200: out.ClusterActionPageSerializer, **ERRORS},
+        description="The cluster's audit log, newest first: who did what, with the cluster before and after.",
+    )
+    @action(detail=True, methods=["get"])
+    def actions(self, request: Request, pk: str) -> Response:
+        query: PageQuery = _query(PageQuery, request)
+        page = keyset_page(
+            cluster_actions(cluster=self.get_object()), keys=ACTION_ORDERING, cursor=query.cursor, size=query.page_size
+        )
+        data = out.ClusterActionLogSerializer(page.items, many=True).data
+        return Response(page.body(request.build_absolute_uri(request.path), _page_params(query), data))
+
+    @extend_schema(
+        request=ClusterAnswerIn,
+        responses={200: out.ClusterSerializer, **ERRORS, **CONFLICT},
+        description="Answer the cluster (or replace its answer): one delivery per member now, and a suggestion "
+        "for every look-alike message that joins while it stays answered. 409 when archived.",
+    )
+    @action(detail=True, methods=["post"])
+    def answer(self, request: Request, pk: str) -> Response:
+        payload = parse_payload(ClusterAnswerIn, request.data)
+        cluster = cluster_answer(cluster=self.get_object(), answer=payload.answer, actor=_actor(request))
+        return Response(out.ClusterSerializer(cluster).data)
+
+    @extend_schema(
+        request=ClusterRemoveMessageIn,
+        responses={200: out.ClusterMoveSerializer, **ERRORS, **CONFLICT},
+        description="Take a member out and re-home it: into the most similar other open or answered cluster "
+        "when it passes the tenant's threshold, else into a new cluster. `cluster` is where it went, `source` "
+        "this cluster after the move (archived when it was the last member).",
+    )
+    @action(detail=True, methods=["post"], url_path="remove-message")
+    def remove_message(self, request: Request, pk: str) -> Response:
+        payload = parse_payload(ClusterRemoveMessageIn, request.data)
+        source = self.get_object()
+        _require_messages(request, [payload.message_id], field="message_id")
+        home = cluster_remove_message(cluster=source, message_id=payload.message_id, actor=_actor(request))
+        return Response(_move_body(home, self.get_object()))
+
+    @extend_schema(
+        request=ClusterMergeIn,
+        responses={200: out.ClusterSerializer, **ERRORS, **CONFLICT},
+        description="Merge the listed clusters into this one: their members move here, and they are archived "
+        "empty with `merged_into_id` set. 409 when this cluster is archived.",
+    )
+    @action(detail=True, methods=["post"])
+    def merge(self, request: Request, pk: str) -> Response:
+        payload = parse_payload(ClusterMergeIn, request.data)
+        target = self.get_object()
+        found = clusters_of_tenant(tenant=self.tenant, cluster_ids=payload.cluster_ids)
+        missing = [str(pk) for pk in dict.fromkeys(payload.cluster_ids) if pk not in found]
+        if missing:
+            raise NotFound(
+                "Cluster not found.", fields={"cluster_ids": [f"No such cluster: {', '.join(missing[:10])}."]}
+            )
+        cluster = cluster_merge(target=target, sources=list(found.values()), actor=_actor(request))
+        return Response(out.ClusterSerializer(cluster).data)
+
+    @extend_schema(
+        request=ClusterSplitIn,
+        responses={200: out.ClusterMoveSerializer, **ERRORS},
+        description="Move the chosen members into a new open cluster (`cluster`); `source` is this cluster "
+        "after the split, which must keep at least one member.",
+    )
+    @action(detail=True, methods=["post"])
+    def split(self, request: Request, pk: str) -> Response:
+        payload = parse_payload(ClusterSplitIn, request.data)
+        source = self.get_object()
+        _require_messages(request, payload.message_ids, field="message_ids")
+        new = cluster_split(cluster=source, message_ids=payload.message_ids, label=payload.label, actor=_actor(request))
+        return Response(_move_body(new, self.get_object()))
+
+    @extend_schema(
+        request=None,
+        responses={200: out.ClusterSerializer, 404: ERRORS[404], **CONFLICT},
+        description="Back to open: look-alikes join it again, without the answer (which is kept). 409 for a "
+        "cluster merged into another or an emptied one.",
+    )
+    @action(detail=True, methods=["post"])
+    def reopen(self, request: Request, pk: str) -> Response:
+        return Response(out.ClusterSerializer(cluster_reopen(cluster=self.get_object(), actor=_actor(request))).data)
+
+    @extend_schema(
+        request=None,
+        responses={200: out.ClusterSerializer, 404: ERRORS[404]},
+        description="Archive: it keeps its members, takes no new ones, and leaves the open and answered lists.",
+    )
+    @action(detail=True, methods=["post"])
+    def archive(self, request: Request, pk: str) -> Response:
+        return Response(out.ClusterSerializer(cluster_archive(cluster=self.get_object(), actor=_actor(request))).data)
+
+    @extend_schema(
+        parameters=[OpenApiParameter("days", OpenApiTypes.INT, description="The window, 1 to 3650 (default 30).")],
+        responses={200: out.ClusteringStatsSerializer, 400: ERRORS[400]},
+        description="Clusters by status, and over the last `days` days: messages clustered, those that started a "
+        "cluster, those that joined an answered cluster (answer reuse), and the hit rate.",
+    )
+    @action(detail=False, methods=["get"])
+    def stats(self, request: Request) -> Response:
+        query: ClusteringStatsQuery = _query(ClusteringStatsQuery, request)
+        stats = clustering_stats(tenant=self.tenant, days=query.days)
+        return Response(out.ClusteringStatsSerializer(stats).data)
+
+
+class MessageClusterView(APIView):
+    """GET /messages/{id}/cluster: the message's cluster, its suggested answer and its deliveries."""
+
+    @extend_schema(
+        parameters=[OpenApiParameter("message_id", OpenApiTypes.UUID, OpenApiParameter.PATH)],
+        responses={200: out.MessageClusterSerializer, 404: ERRORS[404]},
+        description="`cluster` is null while the message is in no cluster (not embedded yet, or not inbound).",
+    )
+    def get(self, request: Request, message_id: str) -> Response:
+        found = message_cluster(tenant=request_tenant(request), message_id=UUID(message_id))
+        if found is None:
+            raise NotFound("Message not found.")
+        return Response(out.MessageClusterSerializer(found).data)
+
+
+def _require_messages(request: Request, message_ids: list[UUID], *, field: str) -> None:
+    """404 naming ``field`` unless every id is one of the tenant's live messages."""
+    known = message_ids_of_tenant(tenant=request_tenant(request), message_ids=message_ids)
+    missing = [str(m) for m in dict.fromkeys(message_ids) if m not in known]
+    if missing:
+        raise NotFound("Message not found.", fields={field: [f"No such message: {', '.join(missing[:10])}."]})
+
+
+def _move_body(cluster: Cluster, source: Cluster) -> dict[str, Any]:
+    return {"cluster": out.ClusterSerializer(cluster).data, "source": out.ClusterSerializer(source).data}
+
+
+def _page_params(query: PageQuery) -> dict[str, Any]:
+    return {"page_size": query.page_size} if "page_size" in query.model_fields_set else {}
+
+
+# --- keyset pages ------------------------------------------------------------------------------
+# DRF's CursorPagination keys on the first ordering field alone and skips ties by an offset
+# (capped at 1000), which breaks on "-size", where most clusters tie. These pages key on every
+# ordering field, the last one unique, so a page is one indexed range read at any depth.
+
+
+@dataclass(frozen=True)
+class KeysetPage:
+    items: list[Any]
+    next_cursor: str | None
+    previous_cursor: str | None
+
+    def body(self, base_url: str, params: dict[str, Any], results: Any) -> dict[str, Any]:
+        """``{next, previous, results}`` with links that carry the validated parameters only."""
+
+        def link(cursor: str | None) -> str | None:
+            if cursor is None:
+                return None
+            query = {k: v for k, v in params.items() if k != "cursor"}
+            return f"{base_url}?{urlencode({**query, 'cursor': cursor})}"
+
+        return {"next": link(self.next_cursor), "previous": link(self.previous_cursor), "results": results}
+
+
+def keyset_page(queryset: QuerySet[Any], *, keys: Sequence[str], cursor: str | None, size: int) -> KeysetPage:
+    """One page of ``queryset`` in the order of ``keys`` (``"-size"``, ``"id"``…, the last one
+    unique; nullable keys sort last), after the cursor's position, or before it for a
+    ``previous`` cursor. One query for the rows, plus the queryset's prefetches."""
+    model = queryset.model
+    fields = [_key_field(model, key) for key in keys]
+    position, backwards = (None, False) if cursor is None else _decode(cursor, keys, fields)
+    queryset = queryset.order_by(*ordering_expressions(model, tuple(keys), reverse=backwards))
+    if position is not None:
+        queryset = queryset.filter(_past(keys, position, fields, backwards=backwards))
+    rows = list(queryset[: size + 1])
+    more = len(rows) > size
+    rows = rows[:size]
+    if not rows:
+        return KeysetPage(rows, next_cursor=None, previous_cursor=None)
+    if backwards:
+        rows.reverse()
+    first, last = _encode(keys, rows[0], backwards=True), _encode(keys, rows[-1], backwards=False)
+    if backwards:  # came back from a later page: there is always a next one
+        return KeysetPage(rows, next_cursor=last, previous_cursor=first if more else None)
+    return KeysetPage(rows, next_cursor=last if more else None, previous_cursor=first if cursor else None)
+
+
+def _key_field(model: type[Model], key: str) -> Any:
+    name = key.lstrip("-")
+    return model._meta.pk if name == "pk" else model._meta.get_field(name)
+
+
+def _encode(keys: Sequence[str], row: Model, *, backwards: bool) -> str:
+    values = [row.pk if key.lstrip("-") == "pk" else getattr(row, key.lstrip("-")) for key in keys]
+    state = {"k": list(keys), "v": values, "b": backwards}
+    return base64.urlsafe_b64encode(orjson.dumps(state, default=str)).decode().rstrip("=")
+
+
+def _decode(cursor: str, keys: Sequence[str], fields: list[Any]) -> tuple[list[Any], bool]:
+    invalid = FieldErrors({"cursor": ["Invalid cursor."]})
+    try:
+        state = orjson.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+    except (binascii.Error, ValueError):
+        raise invalid from None
+    if not isinstance(state, dict) or not isinstance(state.get("v"), list) or not isinstance(state.get("b"), bool):
+        raise invalid
+    if state.get("k") != list(keys):
+        raise FieldErrors({"cursor": ["This cursor belongs to another ordering."]})
+    if len(state["v"]) != len(keys):
+        raise invalid
+    try:
+        position = [
+            None if value is None else field.to_python(value) for field, value in zip(fields, state["v"], strict=True)
+        ]
+    except (DjangoValidationError, TypeError, ValueError):
+        raise invalid from None
+    if any(value is None and not field.null for field, value in zip(fields, position, strict=True)):
+        raise invalid
+    return position, state["b"]
+
+
+def _past(keys: Sequence[str], position: list[Any], fields: list[Any], *, backwards: bool) -> Q:
+    """Rows strictly after ``position`` in the keys' order (strictly before it when
+    ``backwards``), nulls last: (k1 past v1) or (k1 = v1 and k2 past v2) or …"""
+    nothing = Q(pk__in=[])
+    condition, equal = nothing, Q()
+    for key, value, field in zip(keys, position, fields, strict=True):
+        name = key.lstrip("-")
+        descending = key.startswith("-") != backwards
+        if value is None:  # after a null come only nulls; before it, every value
+            past = Q(**{f"{name}__isnull": False}) if backwards else nothing
+            same = Q(**{f"{name}__isnull": True})
+        else:
+            past = Q(**{f"{name}__{'lt' if descending else 'gt'}": value})
+            if field.null and not backwards:
+                past |= Q(**{f"{name}__isnull": True})
+            same = Q(**{name: value})
+        condition |= equal & past
+        equal &= same
+    return condition

@@ -1,0 +1,273 @@
+"""Online assignment: each embedded inbound message joins a cluster of its tenant, or starts one.
+
+Called by the embedding worker inside the transaction that marks the messages done (ARCHITECTURE.md:
+write vectors → assign → state = done), so a message is clustered exactly once: if the worker
+dies first, the whole batch is retried; if it commits, the membership is there.
+
+Per message, in arrival order, under the tenant's clustering lock (services/locking.py):
+1. an exact duplicate (same text up to case, spacing and punctuation) of a member joins that
+   member's cluster, found by index, no vector math;
+2. otherwise the nearest joinable clusters are ranked by cosine similarity to their centroid
+   (``vector_sum``, see models.py), and the message joins the best one if the similarity reaches
+   the tenant's threshold;
+3. a short message that misses the threshold may still join a candidate whose representative
+   text has nearly the same wording (rapidfuzz; the embedded PostgreSQL has no pg_trgm);
+4. otherwise it starts a new cluster.
+A message that joins an answered cluster gets the answer as a suggestion (a delivery).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass
+from datetime import datetime
+from uuid import UUID
+
+from django.conf import settings
+from django.db import connection
+from rapidfuzz import fuzz
+from rapidfuzz.utils import default_process
+
+from clustering.list_cache import cluster_list_cache_invalidate_on_commit
+from clustering.models import Cluster, ClusteringPolicy, ClusterMembership, ClusterStatus, JoinMethod
+from clustering.services.deliveries import delivery_suggest
+from clustering.services.locking import tenants_clustering_lock
+from conversations.models import Conversation, EmbeddingSpace, Message, Role
+from conversations.services.embedding_cache import text_normalize
+
+_CLUSTERS = Cluster._meta.db_table
+_MEMBERS = ClusterMembership._meta.db_table
+_PUNCTUATION = re.compile(r"[^\w\s]+")
+LABEL_CHARS = 120
+
+
+@dataclass(frozen=True)
+class EmbeddedMessage:
+    id: UUID
+    tenant_id: int
+    vector: list[float]
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    similarity: float
+    text_similarity: float
+    short_chars: int
+
+
+@dataclass(frozen=True)
+class Candidate:
+    id: UUID
+    similarity: float
+    status: str
+    representative_text: str
+
+
+@dataclass(frozen=True)
+class Assignment:
+    message_id: UUID
+    cluster_id: UUID
+    method: str
+    similarity: float
+    created: bool
+
+
+def text_key(text: str) -> str:
+    """The exact-duplicate key: the text up to case, spacing and punctuation."""
+    folded = " ".join(_PUNCTUATION.sub(" ", text_normalize(text).casefold()).split())
+    return hashlib.sha256(folded.encode()).hexdigest()[:32]
+
+
+def tenant_thresholds(*, tenant_id: int) -> Thresholds:
+    policy = ClusteringPolicy.objects.filter(tenant_id=tenant_id).first()
+
+    def pick(value: float | int | None, default: float | int) -> float | int:
+        return default if value is None else value
+
+    return Thresholds(
+        similarity=float(pick(policy and policy.similarity_threshold, settings.CLUSTER_SIMILARITY_THRESHOLD)),
+        text_similarity=float(
+            pick(policy and policy.text_similarity_threshold, settings.CLUSTER_TEXT_SIMILARITY_THRESHOLD)
+        ),
+        short_chars=int(pick(policy and policy.short_message_chars, settings.CLUSTER_SHORT_MESSAGE_CHARS)),
+    )
+
+
+def clusters_assign_embedded(*, space: EmbeddingSpace, items: list[EmbeddedMessage]) -> list[Assignment]:
+    """Assign the inbound (role ``user``) messages among ``items`` that have no cluster yet.
+    Must run inside the caller's transaction; takes the tenants' clustering locks until it ends."""
+    if not items:
+        return []
+    vectors = {item.id: item.vector for item in items}
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"""
+            SELECT m.id, m.tenant_id, m.text, COALESCE(m.sent_at, m.created_at)
+              FROM {Message._meta.db_table} AS m
+              JOIN {Conversation._meta.db_table} AS c ON c.id = m.conversation_id
+             WHERE m.id = ANY(%s) AND m.role = %s AND c.deleted_at IS NULL
+               AND NOT EXISTS (SELECT 1 FROM {_MEMBERS} AS cm WHERE cm.message_id = m.id)
+             ORDER BY m.created_at, m.id
+            """,
+            [list(vectors), Role.USER.value],
+        )
+        rows = cursor.fetchall()
+    if not rows:
+        return []
+    tenants_clustering_lock(tenant_ids=[row[1] for row in rows])
+    thresholds: dict[int, Thresholds] = {}
+    done: list[Assignment] = []
+    for message_id, tenant_id, text, sent_at in rows:
+        if tenant_id not in thresholds:
+            thresholds[tenant_id] = tenant_thresholds(tenant_id=tenant_id)
+        done.append(
+            _assign_one(
+                space=space,
+                tenant_id=tenant_id,
+                message_id=message_id,
+                text=text,
+                at=sent_at,
+                vector=vectors[message_id],
+                thresholds=thresholds[tenant_id],
+            )
+        )
+    for tenant_id in thresholds:
+        cluster_list_cache_invalidate_on_commit(tenant_id=tenant_id)
+    return done
+
+
+def cluster_candidates(*, tenant_id: int, space: EmbeddingSpace, vector: list[float], limit: int) -> list[Candidate]:
+    """The ``limit`` joinable clusters of the tenant nearest to ``vector``, nearest first."""
+    dims = int(space.dimensions)
+    distance = f"(vector_sum::vector({dims}) <=> %s::vector({dims}))"
+    literal = _literal(vector)
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"""
+            SELECT id, 1 - {distance}, status, representative_text FROM {_CLUSTERS}
+             WHERE tenant_id = %s AND space_id = %s AND status IN ('open', 'answered')
+             ORDER BY {distance} LIMIT %s
+            """,
+            [literal, tenant_id, space.pk, literal, limit],
+        )
+        return [Candidate(id=r[0], similarity=float(r[1]), status=r[2], representative_text=r[3]) for r in cursor]
+
+
+# --- internals ---------------------------------------------------------------------------------
+
+
+def _assign_one(
+    *,
+    space: EmbeddingSpace,
+    tenant_id: int,
+    message_id: UUID,
+    text: str,
+    at: datetime,
+    vector: list[float],
+    thresholds: Thresholds,
+) -> Assignment:
+    key = text_key(text)
+    twin = _exact_twin(tenant_id=tenant_id, space=space, key=key)
+    if twin is not None:
+        return _join(twin, message_id, tenant_id, vector, key, at, JoinMethod.EXACT, 1.0)
+    candidates = cluster_candidates(
+        tenant_id=tenant_id, space=space, vector=vector, limit=int(settings.CLUSTER_CANDIDATES)
+    )
+    if candidates and candidates[0].similarity >= thresholds.similarity:
+        best = candidates[0]
+        return _join(best, message_id, tenant_id, vector, key, at, JoinMethod.VECTOR, best.similarity)
+    normalized = text_normalize(text)
+    if len(normalized) <= thresholds.short_chars:
+        # Only short against short: token_set_ratio scores 100 whenever one text's words are a
+        # subset of the other's, which says little about a long representative text.
+        wording = [
+            (fuzz.token_set_ratio(normalized, c.representative_text, processor=default_process), c)
+            for c in candidates
+            if len(c.representative_text) <= 2 * thresholds.short_chars
+        ]
+        if wording:
+            score, closest = max(wording, key=lambda pair: (pair[0], pair[1].similarity))
+            if score >= thresholds.text_similarity:
+                return _join(closest, message_id, tenant_id, vector, key, at, JoinMethod.TEXT, closest.similarity)
+    return _found(space, message_id, tenant_id, vector, key, at, normalized)
+
+
+def _exact_twin(*, tenant_id: int, space: EmbeddingSpace, key: str) -> Candidate | None:
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"""
+            SELECT c.id, c.status, c.representative_text FROM {_MEMBERS} AS m
+              JOIN {_CLUSTERS} AS c ON c.id = m.cluster_id
+             WHERE m.tenant_id = %s AND m.text_key = %s AND c.space_id = %s AND c.status IN ('open', 'answered')
+             ORDER BY c.size DESC LIMIT 1
+            """,
+            [tenant_id, key, space.pk],
+        )
+        row = cursor.fetchone()
+    return None if row is None else Candidate(id=row[0], similarity=1.0, status=row[1], representative_text=row[2])
+
+
+def _join(
+    cluster: Candidate,
+    message_id: UUID,
+    tenant_id: int,
+    vector: list[float],
+    key: str,
+    at: datetime,
+    method: str,
+    similarity: float,
+) -> Assignment:
+    answered = cluster.status == ClusterStatus.ANSWERED
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"""
+            UPDATE {_CLUSTERS}
+               SET vector_sum = vector_sum + %s::vector, size = size + 1,
+                   first_message_at = LEAST(first_message_at, %s), last_message_at = GREATEST(last_message_at, %s),
+                   updated_at = now()
+             WHERE id = %s
+            """,
+            [_literal(vector), at, at, cluster.id],
+        )
+    ClusterMembership.objects.create(
+        message_id=message_id,
+        cluster_id=cluster.id,
+        tenant_id=tenant_id,
+        similarity=min(1.0, similarity),
+        method=method,
+        text_key=key,
+        answer_suggested=answered,
+    )
+    if answered:
+        delivery_suggest(cluster_id=cluster.id, message_ids=[message_id])
+    return Assignment(message_id, cluster.id, method, similarity, created=False)
+
+
+def _found(
+    space: EmbeddingSpace, message_id: UUID, tenant_id: int, vector: list[float], key: str, at: datetime, text: str
+) -> Assignment:
+    cluster = Cluster.objects.create(
+        tenant_id=tenant_id,
+        space=space,
+        label=text[:LABEL_CHARS],
+        representative_id=message_id,
+        representative_text=text,
+        vector_sum=vector,
+        size=1,
+        first_message_at=at,
+        last_message_at=at,
+    )
+    ClusterMembership.objects.create(
+        message_id=message_id,
+        cluster=cluster,
+        tenant_id=tenant_id,
+        similarity=1.0,
+        method=JoinMethod.FOUNDER,
+        text_key=key,
+    )
+    return Assignment(message_id, cluster.id, JoinMethod.FOUNDER, 1.0, created=True)
+
+
+def _literal(vector: list[float]) -> str:
+    return "[" + ",".join(repr(float(x)) for x in vector) + "]"

@@ -1,0 +1,52 @@
+"""Similar-message clustering, moderation and answer delivery (docs/clustering.md explains the
+defaults and the measurements behind them)."""
+
+from __future__ import annotations
+
+from convo.env import env
+
+# --- assignment -------------------------------------------------------------------------------
+# A message joins the most similar joinable cluster when their cosine similarity reaches this;
+# otherwise it starts a cluster. Per tenant: ClusteringPolicy.similarity_threshold.
+CLUSTER_SIMILARITY_THRESHOLD: float = env.float("CLUSTER_SIMILARITY_THRESHOLD", default=0.62)
+# Messages this short (in characters, normalised) are also compared by wording with the nearest
+# clusters' representative texts (rapidfuzz token_set_ratio, 0-100).
+CLUSTER_SHORT_MESSAGE_CHARS: int = env.int("CLUSTER_SHORT_MESSAGE_CHARS", default=40)
+CLUSTER_TEXT_SIMILARITY_THRESHOLD: float = env.float("CLUSTER_TEXT_SIMILARITY_THRESHOLD", default=90.0)
+# Nearest clusters looked at per message.
+CLUSTER_CANDIDATES: int = env.int("CLUSTER_CANDIDATES", default=10)
+# A tenant with at most this many joinable clusters is searched exactly; above, by HNSW.
+CLUSTER_EXACT_SCAN_MAX: int = env.int("CLUSTER_EXACT_SCAN_MAX", default=20_000)
+CLUSTER_EF_SEARCH: int = env.int("CLUSTER_EF_SEARCH", default=200)
+
+# --- reading --------------------------------------------------------------------------------------
+# Cluster lists are cached this long (seed 002), and dropped at once by any change to the tenant's
+# clusters. 0 turns the cache off.
+CLUSTER_LIST_CACHE_SECONDS: int = env.int("CLUSTER_LIST_CACHE_SECONDS", default=10)
+# Member messages shown with one cluster (detail) and moved by one split.
+CLUSTER_DETAIL_MESSAGES: int = env.int("CLUSTER_DETAIL_MESSAGES", default=100)
+CLUSTER_MAX_SPLIT_MESSAGES: int = env.int("CLUSTER_MAX_SPLIT_MESSAGES", default=1000)
+# Characters in an answer or a label.
+CLUSTER_MAX_ANSWER_CHARS: int = env.int("CLUSTER_MAX_ANSWER_CHARS", default=8_000)
+
+# --- delivery -------------------------------------------------------------------------------------
+# Webhook: per-request timeout, attempts before a delivery ends failed, first retry delay
+# (doubling each time, capped), and deliveries sent per task run.
+DELIVERY_TIMEOUT_SECONDS: float = env.float("DELIVERY_TIMEOUT_SECONDS", default=5.0)
+DELIVERY_MAX_ATTEMPTS: int = env.int("DELIVERY_MAX_ATTEMPTS", default=8)
+DELIVERY_BACKOFF_SECONDS: float = env.float("DELIVERY_BACKOFF_SECONDS", default=5.0)
+DELIVERY_BACKOFF_MAX_SECONDS: float = env.float("DELIVERY_BACKOFF_MAX_SECONDS", default=3600.0)
+DELIVERY_BATCH_SIZE: int = env.int("DELIVERY_BATCH_SIZE", default=50)
+# A claimed delivery whose sender died is retried after this long.
+DELIVERY_LEASE_SECONDS: float = env.float("DELIVERY_LEASE_SECONDS", default=60.0)
+# One send task keeps claiming batches for at most this long (the every-minute schedule and the
+# kicks start the next one); keep it under Q_TIMEOUT_SECONDS.
+DELIVERY_DRAIN_SECONDS: float = env.float("DELIVERY_DRAIN_SECONDS", default=50.0)
+# Pull mode: delivery ids acknowledged by one POST /api/v1/deliveries/ack.
+DELIVERY_MAX_ACK_IDS: int = env.int("DELIVERY_MAX_ACK_IDS", default=500)
+
+# --- clusters API ---------------------------------------------------------------------------------
+# Clusters merged into another by one request.
+CLUSTER_MAX_MERGE: int = env.int("CLUSTER_MAX_MERGE", default=50)
+# The most recent members shown with each cluster of a list (one query for the whole page).
+CLUSTER_LIST_PREVIEW_MESSAGES: int = env.int("CLUSTER_LIST_PREVIEW_MESSAGES", default=3)

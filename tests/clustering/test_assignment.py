@@ -1,0 +1,95 @@
+"""Online assignment: inbound messages join look-alike clusters or start new ones, through the real
+embedding worker and database."""
+
+from __future__ import annotations
+
+import pytest
+from django.db import connection
+
+from clustering.models import Cluster, ClusteringPolicy, ClusterMembership, JoinMethod
+from clustering.services.assignment import text_key
+from conversations.models import Role
+from tests.clustering.conftest import Inbound, cluster_of
+from tests.factories import TenantFactory
+
+pytestmark = pytest.mark.django_db
+
+
+def _sum_matches_members(cluster: Cluster) -> bool:
+    with connection.cursor() as cursor:
+        cursor.execute(
+            """
+            SELECT c.vector_sum <-> (SELECT sum(e.embedding) FROM clustering_clustermembership m
+                                       JOIN conversations_messageembedding e
+                                         ON e.item_id = m.message_id AND e.space_id = c.space_id
+                                      WHERE m.cluster_id = c.id)
+              FROM clustering_cluster c WHERE c.id = %s
+            """,
+            [cluster.pk],
+        )
+        return float(cursor.fetchone()[0]) < 1e-4
+
+
+def test_look_alike_questions_share_a_cluster_and_others_do_not(tenant, inbound: Inbound) -> None:
+    first, second, third = inbound(
+        tenant,
+        "how much does the premium plan cost per month",
+        "how much does the premium plan cost each month",
+        "my parcel never arrived at the delivery address",
+    )
+    assert cluster_of(first) == cluster_of(second)
+    assert cluster_of(third) != cluster_of(first)
+    shared = cluster_of(first)
+    assert shared.size == 2
+    assert shared.representative_id == first.pk
+    assert shared.first_message_at == first.created_at
+    assert shared.last_message_at == second.created_at
+    assert _sum_matches_members(shared)
+    founder, joiner = ClusterMembership.objects.get(message=first), ClusterMembership.objects.get(message=second)
+    assert founder.method == JoinMethod.FOUNDER and founder.similarity == 1.0
+    assert joiner.method == JoinMethod.VECTOR and 0.62 <= joiner.similarity < 1.0
+
+
+def test_exact_duplicates_join_by_text_key(tenant, inbound: Inbound) -> None:
+    original, copy = inbound(tenant, "When is the next live?", "  when is the NEXT live ")
+    assert text_key(original.text) == text_key(copy.text)
+    membership = ClusterMembership.objects.get(message=copy)
+    assert membership.method == JoinMethod.EXACT
+    assert membership.cluster_id == cluster_of(original).pk
+
+
+def test_only_inbound_user_messages_are_clustered(tenant, inbound: Inbound) -> None:
+    (reply,) = inbound(tenant, "thanks for asking, the plan costs ten euros", role=Role.ASSISTANT)
+    assert not ClusterMembership.objects.filter(message=reply).exists()
+    assert Cluster.objects.filter(tenant=tenant).count() == 0
+
+
+def test_clusters_never_cross_tenants(tenant, inbound: Inbound) -> None:
+    other = TenantFactory()
+    (mine,) = inbound(tenant, "how do I reset my password")
+    (theirs,) = inbound(other, "how do I reset my password")
+    assert cluster_of(mine) != cluster_of(theirs)
+    assert cluster_of(theirs).tenant_id == other.pk
+
+
+def test_tenant_threshold_overrides_the_setting(tenant, inbound: Inbound) -> None:
+    ClusteringPolicy.objects.create(tenant=tenant, similarity_threshold=0.999, text_similarity_threshold=100)
+    first, second = inbound(
+        tenant, "how much does the premium plan cost per month", "how much does the premium plan cost each month"
+    )
+    assert cluster_of(first) != cluster_of(second)
+
+
+def test_short_messages_join_by_wording(tenant, inbound: Inbound, settings) -> None:
+    # The vectors alone would not pass; the wording does.
+    settings.CLUSTER_SIMILARITY_THRESHOLD = 0.99
+    first, second = inbound(tenant, "price of the hoodie?", "hoodie price?")
+    membership = ClusterMembership.objects.get(message=second)
+    assert membership.method == JoinMethod.TEXT
+    assert membership.cluster_id == cluster_of(first).pk
+
+
+def test_a_batch_of_copies_makes_one_cluster(tenant, inbound: Inbound) -> None:
+    messages = inbound(tenant, *["is the shop open on sunday?"] * 25)
+    assert {cluster_of(m).pk for m in messages} == {cluster_of(messages[0]).pk}
+    assert cluster_of(messages[0]).size == 25

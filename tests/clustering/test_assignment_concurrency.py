@@ -1,0 +1,86 @@
+"""Concurrent workers, each on its own database connection, finishing batches of the same question at
+the same moment, make one cluster: assignment runs under the tenant's clustering lock."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+
+import pytest
+from django.db import connection
+
+from clustering.models import Cluster, ClusterMembership
+from conversations.embeddings import get_embedder
+from conversations.embeddings.base import Embedder
+from conversations.models import Message
+from conversations.services.embedding import embedding_drain, embedding_process_batch
+from conversations.services.embedding_spaces import embedding_space_for
+from tests.factories import ConversationFactory, MessageFactory
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+WORKERS = 6
+WORDINGS = [
+    "how much does the premium plan cost per month",
+    "how much does the premium plan cost each month",
+    "how much does the premium plan cost a month",
+    "what does the premium plan cost per month",
+    "how much is the premium plan per month",
+    "how much does premium plan cost per month",
+]
+
+
+class GatheringEmbedder:
+    """The configured embedder, except that each worker waits (up to a few seconds) until every
+    worker holds its claimed batch before its vectors come back: the workers then race to assign
+    the same question. Records the most workers that were inside at once."""
+
+    def __init__(self, inner: Embedder, workers: int) -> None:
+        self.inner, self.workers = inner, workers
+        self.model_id, self.dimensions = inner.model_id, inner.dimensions
+        self.inside = 0
+        self.most_inside = 0
+        self.all_in = threading.Event()
+        self.lock = threading.Lock()
+
+    def embed(self, texts: Sequence[str]) -> list[list[float]]:
+        with self.lock:
+            self.inside += 1
+            self.most_inside = max(self.most_inside, self.inside)
+            if self.inside == self.workers:
+                self.all_in.set()
+        self.all_in.wait(timeout=5)
+        return self.inner.embed(texts)
+
+
+def test_concurrent_workers_never_start_two_clusters_for_one_question(tenant) -> None:
+    inner = get_embedder()
+    space = embedding_space_for(embedder=inner)
+    for text in WORDINGS:
+        MessageFactory(conversation=ConversationFactory(tenant=tenant), tenant=tenant, text=text)
+    embedder = GatheringEmbedder(inner, WORKERS)
+    claimed: list[int] = []
+    errors: list[BaseException] = []
+
+    def work() -> None:
+        try:
+            outcome = embedding_process_batch(kind="message", embedder=embedder, space=space, limit=1)
+            claimed.append(outcome.done)
+        except BaseException as exc:  # surfaced below: a thread's failure must fail the test
+            errors.append(exc)
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=work) for _ in range(WORKERS)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    assert not errors, errors
+    assert embedder.most_inside >= 2, claimed  # workers really did finish their batches at the same time
+    embedding_drain(seconds=30)  # whatever a worker did not get to
+    assert Message.objects.filter(embedding_state="done").count() == WORKERS
+    assert Cluster.objects.filter(tenant=tenant).count() == 1
+    cluster = Cluster.objects.get(tenant=tenant)
+    assert cluster.size == WORKERS == ClusterMembership.objects.filter(cluster=cluster).count()
