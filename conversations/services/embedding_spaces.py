@@ -22,6 +22,7 @@ from django.core.exceptions import ImproperlyConfigured
 from django.db import connection, transaction
 from django.utils import timezone
 
+from clustering.services.spaces import clusters_move_to_space
 from conversations.embeddings import embedder_from_config, get_embedder
 from conversations.embeddings.base import Embedder
 from conversations.models import (
@@ -196,6 +197,8 @@ def embedding_space_activate(*, space: EmbeddingSpace) -> EmbeddingSpace | None:
         old.save(update_fields=["state"])
     target.state, target.activated_at = SpaceState.ACTIVE, timezone.now()
     target.save(update_fields=["state", "activated_at"])
+    if old is not None:
+        clusters_move_to_space(old=old, new=target)
     return old
 
 
