@@ -117,10 +117,12 @@ def clusters_assign_embedded(*, space: EmbeddingSpace, items: list[EmbeddedMessa
         return []
     tenants_clustering_lock(tenant_ids=[row[1] for row in rows])
     thresholds: dict[int, Thresholds] = {}
+    exact: dict[int, bool] = {}
     done: list[Assignment] = []
     for message_id, tenant_id, text, sent_at in rows:
         if tenant_id not in thresholds:
             thresholds[tenant_id] = tenant_thresholds(tenant_id=tenant_id)
+            exact[tenant_id] = not tenant_uses_hnsw(tenant_id=tenant_id, space=space)
         done.append(
             _assign_one(
                 space=space,
@@ -130,6 +132,7 @@ def clusters_assign_embedded(*, space: EmbeddingSpace, items: list[EmbeddedMessa
                 at=sent_at,
                 vector=vectors[message_id],
                 thresholds=thresholds[tenant_id],
+                exact=exact[tenant_id],
             )
         )
     for tenant_id in thresholds:
@@ -137,21 +140,71 @@ def clusters_assign_embedded(*, space: EmbeddingSpace, items: list[EmbeddedMessa
     return done
 
 
-def cluster_candidates(*, tenant_id: int, space: EmbeddingSpace, vector: list[float], limit: int) -> list[Candidate]:
-    """The ``limit`` joinable clusters of the tenant nearest to ``vector``, nearest first."""
+def cluster_candidates(
+    *, tenant_id: int, space: EmbeddingSpace, vector: list[float], limit: int, exact: bool = True
+) -> list[Candidate]:
+    """The ``limit`` joinable clusters of the tenant nearest to ``vector``, nearest first.
+
+    ``exact`` scans the tenant's joinable clusters (right by construction; a few ms at 10k).
+    Otherwise the space's HNSW index over joinable clusters answers, with a raised ef_search;
+    pgvector filters the tenant after the index scan, so this is only for tenants that own a
+    large share of the clusters (``tenant_uses_hnsw``), and a short answer falls back to exact."""
     dims = int(space.dimensions)
     distance = f"(vector_sum::vector({dims}) <=> %s::vector({dims}))"
     literal = _literal(vector)
     with connection.cursor() as cursor:
+        if not exact:
+            cursor.execute(f"SET LOCAL hnsw.ef_search = {max(int(settings.CLUSTER_EF_SEARCH), limit)}")
+        # "+ 0" keeps the planner off the HNSW index for the exact scan.
+        order = distance if not exact else f"{distance} + 0"
         cursor.execute(
             f"""
             SELECT id, 1 - {distance}, status, representative_text FROM {_CLUSTERS}
              WHERE tenant_id = %s AND space_id = %s AND status IN ('open', 'answered')
-             ORDER BY {distance} LIMIT %s
+             ORDER BY {order} LIMIT %s
             """,
             [literal, tenant_id, space.pk, literal, limit],
         )
-        return [Candidate(id=r[0], similarity=float(r[1]), status=r[2], representative_text=r[3]) for r in cursor]
+        found = [Candidate(id=r[0], similarity=float(r[1]), status=r[2], representative_text=r[3]) for r in cursor]
+    if not exact and len(found) < limit:
+        return cluster_candidates(tenant_id=tenant_id, space=space, vector=vector, limit=limit, exact=True)
+    return found
+
+
+def tenant_uses_hnsw(*, tenant_id: int, space: EmbeddingSpace) -> bool:
+    """Whether the tenant has more joinable clusters than an exact scan should read."""
+    cap = int(settings.CLUSTER_EXACT_SCAN_MAX)
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"""
+            SELECT count(*) FROM (SELECT 1 FROM {_CLUSTERS}
+             WHERE tenant_id = %s AND space_id = %s AND status IN ('open', 'answered') LIMIT %s) AS joinable
+            """,
+            [tenant_id, space.pk, cap + 1],
+        )
+        return int(cursor.fetchone()[0]) > cap
+
+
+def cluster_space_index(*, space: EmbeddingSpace) -> None:
+    """Create the space's HNSW index over joinable clusters if missing (concurrently when not in
+    a transaction). Called where the space's other indexes are made (embedding_space_index)."""
+    name = f"cluster_hnsw_space_{int(space.pk)}"
+    concurrently = "" if connection.in_atomic_block else "CONCURRENTLY"
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT NOT i.indisvalid FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid WHERE c.relname = %s",
+            [name],
+        )
+        row = cursor.fetchone()
+        if row is not None and row[0]:  # left invalid by an interrupted concurrent build
+            cursor.execute(f"DROP INDEX {concurrently} IF EXISTS {name}")
+        cursor.execute(
+            f"CREATE INDEX {concurrently} IF NOT EXISTS {name} ON {_CLUSTERS} "
+            f"USING hnsw ((vector_sum::vector({int(space.dimensions)})) vector_cosine_ops) "
+            f"WITH (m = {int(settings.EMBEDDING_HNSW_M)}, "
+            f"ef_construction = {int(settings.EMBEDDING_HNSW_EF_CONSTRUCTION)}) "
+            f"WHERE space_id = {int(space.pk)} AND status IN ('open', 'answered')"
+        )
 
 
 # --- internals ---------------------------------------------------------------------------------
@@ -166,13 +219,14 @@ def _assign_one(
     at: datetime,
     vector: list[float],
     thresholds: Thresholds,
+    exact: bool,
 ) -> Assignment:
     key = text_key(text)
     twin = _exact_twin(tenant_id=tenant_id, space=space, key=key)
     if twin is not None:
         return _join(twin, message_id, tenant_id, vector, key, at, JoinMethod.EXACT, 1.0)
     candidates = cluster_candidates(
-        tenant_id=tenant_id, space=space, vector=vector, limit=int(settings.CLUSTER_CANDIDATES)
+        tenant_id=tenant_id, space=space, vector=vector, limit=int(settings.CLUSTER_CANDIDATES), exact=exact
     )
     if candidates and candidates[0].similarity >= thresholds.similarity:
         best = candidates[0]

@@ -22,6 +22,7 @@ from django.core.exceptions import ImproperlyConfigured
 from django.db import connection, transaction
 from django.utils import timezone
 
+from clustering.services.assignment import cluster_space_index
 from clustering.services.spaces import clusters_move_to_space
 from conversations.embeddings import embedder_from_config, get_embedder
 from conversations.embeddings.base import Embedder
@@ -135,6 +136,7 @@ def embedding_space_index(*, space: EmbeddingSpace) -> None:
                 f"ef_construction = {int(settings.EMBEDDING_HNSW_EF_CONSTRUCTION)}) "
                 f"WHERE space_id = {int(space.pk)}"
             )
+    cluster_space_index(space=space)
 
 
 def embedding_space_unindex(*, space: EmbeddingSpace) -> None:
@@ -144,6 +146,8 @@ def embedding_space_unindex(*, space: EmbeddingSpace) -> None:
     for _, prefix in _INDEXED:
         with connection.cursor() as cursor:
             cursor.execute(f"DROP INDEX {concurrently} IF EXISTS {prefix}_hnsw_space_{int(space.pk)}")
+    with connection.cursor() as cursor:
+        cursor.execute(f"DROP INDEX {concurrently} IF EXISTS cluster_hnsw_space_{int(space.pk)}")
 
 
 def embedding_space_active() -> EmbeddingSpace | None:

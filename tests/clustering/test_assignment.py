@@ -4,7 +4,8 @@ embedding worker and database."""
 from __future__ import annotations
 
 import pytest
-from django.db import connection
+from django.db import connection, transaction
+from django.test.utils import CaptureQueriesContext
 
 from clustering.models import Cluster, ClusteringPolicy, ClusterMembership, JoinMethod
 from clustering.services.assignment import text_key
@@ -93,3 +94,40 @@ def test_a_batch_of_copies_makes_one_cluster(tenant, inbound: Inbound) -> None:
     messages = inbound(tenant, *["is the shop open on sunday?"] * 25)
     assert {cluster_of(m).pk for m in messages} == {cluster_of(messages[0]).pk}
     assert cluster_of(messages[0]).size == 25
+
+
+def test_a_tenant_with_many_clusters_is_searched_through_hnsw_with_the_same_result(tenant, inbound, settings) -> None:
+    from clustering.services.assignment import cluster_candidates, tenant_uses_hnsw
+    from conversations.embeddings import get_embedder
+
+    inbound(
+        tenant,
+        "how much does the premium plan cost per month",
+        "my parcel never arrived at the delivery address",
+        "can I pay with a credit card",
+        "where is my refund",
+    )
+    other = TenantFactory()
+    inbound(other, "how much does the premium plan cost per month", "is the shop open on sunday")
+    space = Cluster.objects.filter(tenant=tenant).first().space
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT indexdef FROM pg_indexes WHERE indexname = %s", [f"cluster_hnsw_space_{space.pk}"])
+        assert "status" in cursor.fetchone()[0]
+    vector = get_embedder().embed(["how much is the premium plan per month"])[0]
+    exact = cluster_candidates(tenant_id=tenant.pk, space=space, vector=vector, limit=3, exact=True)
+    settings.CLUSTER_EXACT_SCAN_MAX = 3
+    assert tenant_uses_hnsw(tenant_id=tenant.pk, space=space)
+    settings.CLUSTER_EXACT_SCAN_MAX = 4
+    assert not tenant_uses_hnsw(tenant_id=tenant.pk, space=space)
+    with transaction.atomic(), CaptureQueriesContext(connection) as queries:
+        approximate = cluster_candidates(tenant_id=tenant.pk, space=space, vector=vector, limit=3, exact=False)
+        query = next(q["sql"] for q in queries.captured_queries if "representative_text" in q["sql"])
+        with connection.cursor() as cursor:  # the query can use the partial index (its WHERE implies the predicate)
+            cursor.execute("SET LOCAL enable_seqscan = off")
+            cursor.execute("EXPLAIN " + query)
+            assert f"cluster_hnsw_space_{space.pk}" in " ".join(row[0] for row in cursor.fetchall())
+    assert [c.id for c in approximate] == [c.id for c in exact]
+    assert all(Cluster.objects.get(pk=c.id).tenant_id == tenant.pk for c in approximate)
+    # More than the tenant has: the short HNSW answer falls back to the exact scan, never another tenant.
+    everything = cluster_candidates(tenant_id=tenant.pk, space=space, vector=vector, limit=10, exact=False)
+    assert len(everything) == 4
