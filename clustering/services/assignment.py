@@ -80,18 +80,17 @@ def text_key(text: str) -> str:
 
 
 def tenant_thresholds(*, tenant_id: int) -> Thresholds:
-    policy = ClusteringPolicy.objects.filter(tenant_id=tenant_id).first()
-
-    def pick(value: float | int | None, default: float | int) -> float | int:
-        return default if value is None else value
-
+    """The tenant's thresholds: its ClusteringPolicy where set, else the settings."""
+    policy = ClusteringPolicy.objects.filter(tenant_id=tenant_id).first() or ClusteringPolicy()
     return Thresholds(
-        similarity=float(pick(policy and policy.similarity_threshold, settings.CLUSTER_SIMILARITY_THRESHOLD)),
-        text_similarity=float(
-            pick(policy and policy.text_similarity_threshold, settings.CLUSTER_TEXT_SIMILARITY_THRESHOLD)
-        ),
-        short_chars=int(pick(policy and policy.short_message_chars, settings.CLUSTER_SHORT_MESSAGE_CHARS)),
+        similarity=_or(policy.similarity_threshold, settings.CLUSTER_SIMILARITY_THRESHOLD),
+        text_similarity=_or(policy.text_similarity_threshold, settings.CLUSTER_TEXT_SIMILARITY_THRESHOLD),
+        short_chars=int(_or(policy.short_message_chars, settings.CLUSTER_SHORT_MESSAGE_CHARS)),
     )
+
+
+def _or(value: float | None, default: float) -> float:
+    return float(default if value is None else value)
 
 
 def clusters_assign_embedded(*, space: EmbeddingSpace, items: list[EmbeddedMessage]) -> list[Assignment]:

@@ -14,7 +14,7 @@ from typing import Any
 from uuid import UUID
 
 from django.conf import settings
-from django.contrib.auth.models import AbstractBaseUser
+from django.contrib.auth.base_user import AbstractBaseUser
 from django.db import connection, transaction
 from django.utils import timezone
 
@@ -297,7 +297,7 @@ def _audit(cluster: Cluster, action: str, actor: Actor, before: dict[str, Any], 
         cluster=cluster,
         action=action,
         actor=actor.label[:200],
-        actor_user=actor.user,
+        actor_user_id=actor.user.pk if actor.user is not None else None,
         before=before,
         after=after,
     )

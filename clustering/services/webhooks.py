@@ -36,6 +36,7 @@ from uuid import UUID
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
 from django.db import connection, transaction
+from django.db.models import QuerySet
 from django.db.models.functions import Now
 
 from clustering.models import AnswerDelivery, Cluster, DeliveryEndpoint, DeliveryStatus
@@ -133,8 +134,8 @@ def deliveries_send_due(*, limit: int | None = None) -> int:
     # One POST can take a connect and a read timeout; a lease shorter than that could expire mid-send.
     if lease <= 2 * timeout:
         raise ImproperlyConfigured("DELIVERY_LEASE_SECONDS must be more than twice DELIVERY_TIMEOUT_SECONDS")
-    batch = _claim(limit=limit or settings.DELIVERY_BATCH_SIZE)
-    started = time.monotonic()
+    started = time.monotonic()  # before the claim: the lease is counted from no later than this
+    batch, lost = _claim(limit=limit or settings.DELIVERY_BATCH_SIZE)
     waiting: dict[int, float] = {}  # tenant -> delay its endpoint asked for in this run
     for item in batch:
         if item.tenant_id in waiting:
@@ -148,15 +149,18 @@ def deliveries_send_due(*, limit: int | None = None) -> int:
             _finish_delivered(item)
             continue
         delay = _finish_failed(item, failure)
-        if failure.endpoint_down and delay is not None:
-            waiting[item.tenant_id] = delay
-    return len(batch)
+        if failure.endpoint_down:  # even when this one has just failed for good, the others wait
+            waiting[item.tenant_id] = delay or delivery_backoff_seconds(
+                attempts=item.attempts, retry_after=failure.retry_after
+            )
+    return len(batch) + lost
 
 
-def _claim(*, limit: int) -> list[ClaimedDelivery]:
+def _claim(*, limit: int) -> tuple[list[ClaimedDelivery], int]:
     """Take due deliveries: pending, ``next_attempt_at`` passed, not claimed or claimed longer than
     the lease ago (their sender died). One that was claimed for its last attempt and lost ends
-    ``failed`` here instead of being sent again."""
+    ``failed`` here instead of being sent again. Returns the claims to send, and how many were
+    failed that way."""
     max_attempts: int = settings.DELIVERY_MAX_ATTEMPTS
     deliveries, endpoints = AnswerDelivery._meta.db_table, DeliveryEndpoint._meta.db_table
     messages, conversations = Message._meta.db_table, Conversation._meta.db_table
@@ -197,7 +201,7 @@ def _claim(*, limit: int) -> list[ClaimedDelivery]:
             {"lease": settings.DELIVERY_LEASE_SECONDS, "limit": limit, "max": max_attempts},
         )
         rows = cursor.fetchall()
-    claimed = []
+    claimed: list[ClaimedDelivery] = []
     for row in sorted(rows, key=lambda r: (r[16], r[0])):  # RETURNING has no order: send oldest due first
         (id_, tenant_id, status, claimed_at, attempts, url, secret, kind, message_id, conversation_id, user_id,
          channel, cluster_id, answer, answer_version, created_at, _) = row  # fmt: skip
@@ -217,15 +221,12 @@ def _claim(*, limit: int) -> list[ClaimedDelivery]:
             "created_at": created_at.isoformat(),
         }
         claimed.append(ClaimedDelivery(id_, tenant_id, claimed_at, attempts, url, secret, payload))
-    return claimed
+    return claimed, len(rows) - len(claimed)
 
 
 class _NoRedirect(urllib.request.HTTPRedirectHandler):
     def redirect_request(self, *args: Any, **kwargs: Any) -> None:
         return None  # a 3xx is answered as it is (a failure): the signed body is never re-sent elsewhere
-
-
-_opener = urllib.request.build_opener(urllib.request.ProxyHandler(), _NoRedirect())
 
 
 def webhook_body(payload: dict[str, Any]) -> bytes:
@@ -245,7 +246,9 @@ def _post(item: ClaimedDelivery, *, timeout: float) -> _Failure | None:
     request = urllib.request.Request(item.url, data=body, headers=headers, method="POST")  # noqa: S310
     try:
         try:
-            with _opener.open(request, timeout=timeout) as response:
+            # Built per request (cheap): HTTP(S)_PROXY / NO_PROXY are read when it runs, not at import.
+            opener = urllib.request.build_opener(urllib.request.ProxyHandler(), _NoRedirect())
+            with opener.open(request, timeout=timeout) as response:
                 status, response_headers = response.status, response.headers
         except urllib.error.HTTPError as error:
             with error:
@@ -264,7 +267,8 @@ def _post(item: ClaimedDelivery, *, timeout: float) -> _Failure | None:
     return _Failure(f"the endpoint answered {status}", retry_after=retry_after, endpoint_down=status in _ENDPOINT_DOWN)
 
 
-def _mine(item: ClaimedDelivery) -> Any:
+def _mine(item: ClaimedDelivery) -> QuerySet[AnswerDelivery]:
+    """The delivery, only while the claim is still this sender's (a stale sender matches nothing)."""
     return AnswerDelivery.objects.filter(pk=item.id, status=DeliveryStatus.PENDING, claimed_at=item.claimed_at)
 
 

@@ -1,4 +1,4 @@
-from django.urls import path, re_path
+from django.urls import include, path, re_path
 from rest_framework.routers import SimpleRouter
 
 from conversations.api.search_views import ContextView, SearchView
@@ -23,6 +23,6 @@ urlpatterns = [
     path("users/<str:user_id>/stats", UserStatsView.as_view(), name="user-stats"),
     re_path(r"^search/?$", SearchView.as_view(), name="search"),
     re_path(r"^context/?$", ContextView.as_view(), name="context"),
-    path("", ("clustering.api.delivery_urls", None, None)),  # include() of the delivery routes
-    path("", ("clustering.api.urls", None, None)),  # type: ignore[arg-type]  # include() of the clusters routes
+    path("", include("clustering.api.delivery_urls")),
+    path("", include("clustering.api.urls")),
 ]
