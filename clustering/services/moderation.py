@@ -21,11 +21,13 @@ from django.utils import timezone
 from clustering.list_cache import cluster_list_cache_invalidate_on_commit
 from clustering.models import (
     JOINABLE,
+    AnswerDelivery,
     Cluster,
     ClusterAction,
     ClusterActionKind,
     ClusterMembership,
     ClusterStatus,
+    DeliveryStatus,
     JoinMethod,
 )
 from clustering.services.assignment import LABEL_CHARS, cluster_candidates, tenant_thresholds
@@ -250,7 +252,12 @@ def clusters_forget_conversation(*, conversation: Conversation) -> int:
     if not rows:
         return 0
     touched = sorted({cluster_id for _, cluster_id in rows})
-    ClusterMembership.objects.filter(message_id__in=[m for m, _ in rows]).delete()
+    gone = [message_id for message_id, _ in rows]
+    ClusterMembership.objects.filter(message_id__in=gone).delete()
+    # Answers not yet delivered are never sent for a deleted conversation.
+    AnswerDelivery.objects.filter(message_id__in=gone, status=DeliveryStatus.PENDING).update(
+        status=DeliveryStatus.FAILED, last_error="the conversation was deleted"
+    )
     _recompute(touched)
     for cluster in Cluster.objects.filter(pk__in=touched):
         _archive_if_empty(cluster)

@@ -155,9 +155,11 @@ def test_archived_clusters_take_no_members_until_reopened(two_clusters, tenant, 
     assert cluster_of(again) in {cluster, cluster_of(later)}
 
 
-def test_a_deleted_conversation_leaves_its_clusters(two_clusters) -> None:
+def test_a_deleted_conversation_leaves_its_clusters_and_gets_no_answer(two_clusters) -> None:
     price, _ = two_clusters
-    cluster = cluster_of(price[0])
+    cluster = cluster_answer(cluster=cluster_of(price[0]), answer="Ten euros.", actor=SYSTEM)
     conversation_soft_delete(conversation=price[1].conversation)
     assert not ClusterMembership.objects.filter(message=price[1]).exists()
     assert consistent(cluster) and cluster.size == 2
+    assert AnswerDelivery.objects.get(message=price[1]).status == "failed"
+    assert AnswerDelivery.objects.filter(message__in=[price[0], price[2]], status="pending").count() == 2
