@@ -26,8 +26,9 @@ from django.conf import settings
 from django.contrib import admin, messages
 from django.contrib.admin import helpers
 from django.contrib.admin.utils import quote, unquote
-from django.contrib.auth.models import AbstractBaseUser
+from django.contrib.auth.base_user import AbstractBaseUser
 from django.core.exceptions import PermissionDenied
+from django.db import models
 from django.db.models import F, FloatField, Func, IntegerField, Prefetch, QuerySet
 from django.forms.models import BaseInlineFormSet
 from django.http import HttpRequest, HttpResponse, HttpResponseNotAllowed, HttpResponseRedirect
@@ -312,7 +313,7 @@ class ClusterAdmin(_BigTableAdmin):
     forms; see the module docstring for why nothing here is a plain model save."""
 
     change_form_template = "admin/clustering/cluster/change_form.html"
-    list_display = ("title", "representative", "size", "status", "tenant", "last_message_at", "answered")
+    list_display = ("title", "representative_shown", "size", "status", "tenant", "last_message_at", "answered")
     list_filter = ("tenant", "status")
     search_fields = ("label", "representative_text")
     search_help_text = "Words of the label or representative text, or an exact cluster id."
@@ -324,7 +325,7 @@ class ClusterAdmin(_BigTableAdmin):
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[Cluster]:
         # The centroid (one float per dimension) is never shown, so never loaded.
-        return super().get_queryset(request).select_related("tenant", "space").defer("vector_sum")
+        return super().get_queryset(request).select_related("tenant").defer("vector_sum")
 
     def get_ordering(self, request: HttpRequest) -> tuple[str, ...]:
         # Biggest first, ties in id order: the tail of the (tenant[, status], -size, id) indexes.
@@ -360,7 +361,7 @@ class ClusterAdmin(_BigTableAdmin):
         return Truncator(obj.label or str(obj.pk)).chars(80)
 
     @admin.display(description="representative text")
-    def representative(self, obj: Cluster) -> str:
+    def representative_shown(self, obj: Cluster) -> str:
         return Truncator(obj.representative_text).chars(80)
 
     @admin.display(description="answered?", boolean=True, ordering="answer_version")
@@ -397,8 +398,8 @@ class ClusterAdmin(_BigTableAdmin):
     def deliveries(self, obj: Cluster) -> str:
         url = reverse("admin:clustering_answerdelivery_changelist")
         return format_html(
-            '<a href="{}?cluster__id__exact={}">all</a> · <a href="{}?cluster__id__exact={}&amp;status=pending">'
-            'pending</a> · <a href="{}?cluster__id__exact={}&amp;status=failed">failed</a>',
+            '<a href="{}?cluster__id__exact={}">all</a> · <a href="{}?cluster__id__exact={}&amp;status__exact=pending">'
+            'pending</a> · <a href="{}?cluster__id__exact={}&amp;status__exact=failed">failed</a>',
             url,
             obj.pk,
             url,
@@ -719,10 +720,18 @@ class AnswerDeliveryAdmin(_BigTableAdmin):
             self.message_user(request, f"Not retried: {' · '.join(refused[:5])}{more}", messages.ERROR)
 
 
+def _endpoint_formfield(field: models.Field[Any, Any], **kwargs: Any) -> forms.Field | None:
+    # A URL typed without a scheme is https (Django 6's default; 5.x warns without the choice).
+    if isinstance(field, models.URLField):
+        kwargs["assume_scheme"] = "https"
+    return field.formfield(**kwargs)
+
+
 class DeliveryEndpointForm(forms.ModelForm):
     class Meta:
         model = DeliveryEndpoint
         fields = ("tenant", "url", "is_active")
+        formfield_callback = _endpoint_formfield
 
     def clean_url(self) -> str:
         """The service's own URL check, as a field error (it checks again when saving)."""
@@ -741,6 +750,7 @@ class DeliveryEndpointAdmin(admin.ModelAdmin):
     paused (``is_active``) rather than deleted here: either way the tenant pulls its deliveries."""
 
     form = DeliveryEndpointForm
+    formfield_overrides = {models.URLField: {"assume_scheme": "https"}}
     list_display = ("tenant", "url", "is_active", "created_at")
     list_filter = ("is_active",)
     list_select_related = ["tenant"]
