@@ -48,6 +48,7 @@ from clustering.selectors import (
     cluster_actions,
     cluster_list,
     cluster_members,
+    cluster_previews,
     clustering_stats,
     clusters_of_tenant,
     message_cluster,
@@ -130,7 +131,13 @@ class ClusterViewSet(TenantScopedViewSet):
             return Response(cached, headers={"X-Cache": "hit"})
         clusters = cluster_list(tenant=self.tenant, status=query.status, ordering=query.ordering)
         page = keyset_page(clusters, keys=CLUSTER_ORDERINGS[query.ordering], cursor=query.cursor, size=query.page_size)
-        body = page.body(base_url, params, out.ClusterListItemSerializer(page.items, many=True).data)
+        previews = cluster_previews(
+            tenant=self.tenant,
+            cluster_ids=[row["id"] for row in page.items],
+            limit=int(settings.CLUSTER_LIST_PREVIEW_MESSAGES),
+        )
+        rows = [{**row, "recent_messages": previews[row["id"]]} for row in page.items]
+        body = page.body(base_url, params, rows)
         cluster_list_cache_set(key, body)
         return Response(body, headers={"X-Cache": "miss"})
 
@@ -139,15 +146,14 @@ class ClusterViewSet(TenantScopedViewSet):
         cluster = self.get_object()
         limit = int(settings.CLUSTER_DETAIL_MESSAGES)
         members = list(cluster_members(cluster=cluster)[: limit + 1])
-        cluster.first_members = members[:limit]
-        cluster.messages_truncated = len(members) > limit
-        return Response(out.ClusterDetailSerializer(cluster).data)
+        body = {**out.cluster_body(cluster), "messages": members[:limit], "messages_truncated": len(members) > limit}
+        return Response(body)
 
     @extend_schema(request=ClusterRelabelIn, responses={200: out.ClusterSerializer, **ERRORS})
     def partial_update(self, request: Request, pk: str) -> Response:
         payload = parse_payload(ClusterRelabelIn, request.data)
         cluster = cluster_relabel(cluster=self.get_object(), label=payload.label, actor=_actor(request))
-        return Response(out.ClusterSerializer(cluster).data)
+        return Response(out.cluster_body(cluster))
 
     @extend_schema(parameters=PAGE_PARAMETERS, responses={200: out.ClusterMemberPageSerializer, **ERRORS})
     @action(detail=True, methods=["get"])
@@ -156,8 +162,7 @@ class ClusterViewSet(TenantScopedViewSet):
         page = keyset_page(
             cluster_members(cluster=self.get_object()), keys=MEMBER_ORDERING, cursor=query.cursor, size=query.page_size
         )
-        data = out.ClusterMemberSerializer(page.items, many=True).data
-        return Response(page.body(request.build_absolute_uri(request.path), _page_params(query), data))
+        return Response(page.body(request.build_absolute_uri(request.path), _page_params(query), page.items))
 
     @extend_schema(
         parameters=PAGE_PARAMETERS,
@@ -183,7 +188,7 @@ class ClusterViewSet(TenantScopedViewSet):
     def answer(self, request: Request, pk: str) -> Response:
         payload = parse_payload(ClusterAnswerIn, request.data)
         cluster = cluster_answer(cluster=self.get_object(), answer=payload.answer, actor=_actor(request))
-        return Response(out.ClusterSerializer(cluster).data)
+        return Response(out.cluster_body(cluster))
 
     @extend_schema(
         request=ClusterRemoveMessageIn,
@@ -217,7 +222,7 @@ class ClusterViewSet(TenantScopedViewSet):
                 "Cluster not found.", fields={"cluster_ids": [f"No such cluster: {', '.join(missing[:10])}."]}
             )
         cluster = cluster_merge(target=target, sources=list(found.values()), actor=_actor(request))
-        return Response(out.ClusterSerializer(cluster).data)
+        return Response(out.cluster_body(cluster))
 
     @extend_schema(
         request=ClusterSplitIn,
@@ -241,7 +246,7 @@ class ClusterViewSet(TenantScopedViewSet):
     )
     @action(detail=True, methods=["post"])
     def reopen(self, request: Request, pk: str) -> Response:
-        return Response(out.ClusterSerializer(cluster_reopen(cluster=self.get_object(), actor=_actor(request))).data)
+        return Response(out.cluster_body(cluster_reopen(cluster=self.get_object(), actor=_actor(request))))
 
     @extend_schema(
         request=None,
@@ -250,7 +255,7 @@ class ClusterViewSet(TenantScopedViewSet):
     )
     @action(detail=True, methods=["post"])
     def archive(self, request: Request, pk: str) -> Response:
-        return Response(out.ClusterSerializer(cluster_archive(cluster=self.get_object(), actor=_actor(request))).data)
+        return Response(out.cluster_body(cluster_archive(cluster=self.get_object(), actor=_actor(request))))
 
     @extend_schema(
         parameters=[OpenApiParameter("days", OpenApiTypes.INT, description="The window, 1 to 3650 (default 30).")],
@@ -289,7 +294,7 @@ def _require_messages(request: Request, message_ids: list[UUID], *, field: str) 
 
 
 def _move_body(cluster: Cluster, source: Cluster) -> dict[str, Any]:
-    return {"cluster": out.ClusterSerializer(cluster).data, "source": out.ClusterSerializer(source).data}
+    return {"cluster": out.cluster_body(cluster), "source": out.cluster_body(source)}
 
 
 def _page_params(query: PageQuery) -> dict[str, Any]:
@@ -337,7 +342,8 @@ def keyset_page(queryset: QuerySet[Any], *, keys: Sequence[str], cursor: str | N
         return KeysetPage(rows, next_cursor=None, previous_cursor=None)
     if backwards:
         rows.reverse()
-    first, last = _encode(keys, rows[0], backwards=True), _encode(keys, rows[-1], backwards=False)
+    first = _encode(keys, rows[0], backwards=True, fields=fields)
+    last = _encode(keys, rows[-1], backwards=False, fields=fields)
     if backwards:  # came back from a later page: there is always a next one
         return KeysetPage(rows, next_cursor=last, previous_cursor=first if more else None)
     return KeysetPage(rows, next_cursor=last if more else None, previous_cursor=first if cursor else None)
@@ -348,8 +354,9 @@ def _key_field(model: type[Model], key: str) -> Any:
     return model._meta.pk if name == "pk" else model._meta.get_field(name)
 
 
-def _encode(keys: Sequence[str], row: Model, *, backwards: bool) -> str:
-    values = [row.pk if key.lstrip("-") == "pk" else getattr(row, key.lstrip("-")) for key in keys]
+def _encode(keys: Sequence[str], row: Model | dict[str, Any], *, backwards: bool, fields: list[Any]) -> str:
+    """A cursor at ``row`` (a model instance, or a ``values()`` row holding the keys' columns)."""
+    values = [row[f.attname] if isinstance(row, dict) else getattr(row, f.attname) for f in fields]
     state = {"k": list(keys), "v": values, "b": backwards}
     return base64.urlsafe_b64encode(orjson.dumps(state, default=str)).decode().rstrip("=")
 
