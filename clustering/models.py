@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from django.conf import settings
 from django.db import models
-from django.db.models import Q
+from django.db.models import F, Q
 from django.db.models.functions import Now
 from pgvector.django import VectorField
 
@@ -61,9 +61,18 @@ class Cluster(models.Model):
         indexes = [
             # The moderator's lists: biggest first and most recent first, per status.
             models.Index(fields=["tenant", "status", "-size", "id"], name="cluster_tenant_status_size"),
-            models.Index(fields=["tenant", "status", "-last_message_at", "id"], name="cluster_tenant_status_recent"),
+            # Recency with emptied clusters (no last message) last, as the API sorts.
+            models.Index(
+                F("tenant"),
+                F("status"),
+                F("last_message_at").desc(nulls_last=True),
+                F("id"),
+                name="cluster_tenant_status_recent",
+            ),
             models.Index(fields=["tenant", "-size", "id"], name="cluster_tenant_size"),
-            models.Index(fields=["tenant", "-last_message_at", "id"], name="cluster_tenant_recent"),
+            models.Index(
+                F("tenant"), F("last_message_at").desc(nulls_last=True), F("id"), name="cluster_tenant_recent"
+            ),
             # Assignment's candidate set: the joinable clusters of a tenant in a space.
             models.Index(
                 fields=["tenant", "space"], name="cluster_joinable", condition=Q(status__in=["open", "answered"])
@@ -107,7 +116,8 @@ class ClusterMembership(models.Model):
 
     class Meta:
         indexes = [
-            models.Index(fields=["cluster", "-joined_at"], name="membership_cluster_joined"),
+            # Newest members first; one batch shares a join time, so the message id breaks ties.
+            models.Index(fields=["cluster", "-joined_at", "-message"], name="membership_cluster_joined"),
             models.Index(fields=["tenant", "text_key"], name="membership_tenant_text"),
             models.Index(fields=["tenant", "-joined_at"], name="membership_tenant_joined"),
         ]

@@ -162,6 +162,13 @@ def cluster_remove_message(*, cluster: Cluster, message_id: UUID, actor: Actor) 
         before,
         {**_snapshot(current), "message_id": str(message_id), "moved_to": str(home.pk)},
     )
+    _audit(
+        home,
+        ClusterActionKind.REMOVE_MESSAGE,
+        actor,
+        {},
+        {**_snapshot(home), "message_id": str(message_id), "moved_from": str(current.pk)},
+    )
     return home
 
 
@@ -177,8 +184,13 @@ def cluster_merge(*, target: Cluster, sources: list[Cluster], actor: Actor) -> C
     merged_into = locked.get(target.pk)
     if merged_into is None or any(pk not in locked for pk in source_ids):
         raise NotFound("Cluster not found.")
-    if any(c.tenant_id != merged_into.tenant_id or c.space_id != merged_into.space_id for c in locked.values()):
+    if any(c.tenant_id != merged_into.tenant_id for c in locked.values()):
         raise ServiceError("These clusters cannot be merged.", fields={"cluster_ids": ["Not clusters of this tenant."]})
+    if any(c.space_id != merged_into.space_id for c in locked.values()):
+        raise ServiceError(
+            "These clusters cannot be merged.",
+            fields={"cluster_ids": ["Made with another embedding model (left behind by a model switch)."]},
+        )
     if merged_into.status == ClusterStatus.ARCHIVED:
         raise Conflict("The target cluster is archived: reopen it first.")
     before = {"target": _snapshot(merged_into), "sources": [_snapshot(locked[pk]) for pk in sorted(source_ids)]}
