@@ -814,19 +814,31 @@ class ClusteringPolicyForm(forms.ModelForm):
     """The database's range checks as field errors (a failed constraint would be a form-wide one)."""
 
     similarity_threshold = forms.FloatField(required=False, min_value=0, max_value=1)
+    warmup_similarity_threshold = forms.FloatField(required=False, min_value=0, max_value=1)
     text_similarity_threshold = forms.FloatField(required=False, min_value=0, max_value=100)
     short_message_chars = forms.IntegerField(required=False, min_value=0, max_value=100_000)
 
     class Meta:
         model = ClusteringPolicy
-        fields = ("tenant", "similarity_threshold", "text_similarity_threshold", "short_message_chars")
+        fields = (
+            "tenant",
+            "similarity_threshold",
+            "warmup_similarity_threshold",
+            "text_similarity_threshold",
+            "short_message_chars",
+        )
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         defaults = {
             "similarity_threshold": (
-                f"Cosine similarity, 0 to 1, a message needs to join a cluster. Empty: the setting "
-                f"({settings.CLUSTER_SIMILARITY_THRESHOLD})."
+                f"Centred similarity, 0 to 1, a message needs to join a cluster (docs/clustering.md). "
+                f"Empty: the setting ({settings.CLUSTER_SIMILARITY_THRESHOLD})."
+            ),
+            "warmup_similarity_threshold": (
+                f"Cosine similarity to a cluster's centroid, 0 to 1, needed while the tenant has fewer than "
+                f"{settings.CLUSTER_CENTERING_MIN_MESSAGES} messages. Empty: the setting "
+                f"({settings.CLUSTER_WARMUP_SIMILARITY_THRESHOLD})."
             ),
             "text_similarity_threshold": (
                 f"Wording similarity, 0 to 100, that lets a short message join. Empty: the setting "
@@ -847,7 +859,13 @@ class ClusteringPolicyAdmin(admin.ModelAdmin):
     """A tenant's own clustering thresholds (read by assignment for every batch)."""
 
     form = ClusteringPolicyForm
-    list_display = ("tenant", "similarity_threshold", "text_similarity_threshold", "short_message_chars")
+    list_display = (
+        "tenant",
+        "similarity_threshold",
+        "warmup_similarity_threshold",
+        "text_similarity_threshold",
+        "short_message_chars",
+    )
     list_select_related = ["tenant"]
 
     def get_readonly_fields(self, request: HttpRequest, obj: ClusteringPolicy | None = None) -> tuple[str, ...]:

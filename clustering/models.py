@@ -89,6 +89,25 @@ class Cluster(models.Model):
         return self.label or self.representative_text[:80] or str(self.id)
 
 
+class TenantCentre(models.Model):
+    """The running mean of a tenant's inbound message vectors in one space, and the running mean
+    distance from it. Assignment measures similarity between vectors centred on this mean: it
+    removes what all of a tenant's messages share (docs/clustering.md)."""
+
+    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="+", db_index=False)
+    space = models.ForeignKey(EmbeddingSpace, on_delete=models.CASCADE, related_name="+")
+    vector_sum = VectorField()
+    messages = models.BigIntegerField(default=0)
+    # Sum over messages of |x - mean| (the mean as it was when x arrived).
+    centred_norm_sum = models.FloatField(default=0.0)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["tenant", "space"], name="centre_once_per_tenant_space")]
+
+    def __str__(self) -> str:
+        return f"centre of {self.tenant_id} in {self.space_id} ({self.messages} messages)"
+
+
 class JoinMethod(models.TextChoices):
     FOUNDER = "founder"  # started the cluster
     EXACT = "exact"  # the same normalised text as a member
@@ -169,6 +188,7 @@ class ClusteringPolicy(models.Model):
 
     tenant = models.OneToOneField(Tenant, on_delete=models.CASCADE, related_name="clustering_policy")
     similarity_threshold = models.FloatField(null=True, blank=True)
+    warmup_similarity_threshold = models.FloatField(null=True, blank=True)
     text_similarity_threshold = models.FloatField(null=True, blank=True)
     short_message_chars = models.PositiveIntegerField(null=True, blank=True)
 
@@ -179,6 +199,11 @@ class ClusteringPolicy(models.Model):
                 condition=Q(similarity_threshold__isnull=True)
                 | Q(similarity_threshold__gte=0, similarity_threshold__lte=1),
                 name="policy_similarity_in_range",
+            ),
+            models.CheckConstraint(
+                condition=Q(warmup_similarity_threshold__isnull=True)
+                | Q(warmup_similarity_threshold__gte=0, warmup_similarity_threshold__lte=1),
+                name="policy_warmup_similarity_in_range",
             ),
             models.CheckConstraint(
                 condition=Q(text_similarity_threshold__isnull=True)

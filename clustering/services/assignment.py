@@ -7,9 +7,9 @@ dies first, the whole batch is retried; if it commits, the membership is there.
 Per message, in arrival order, under the tenant's clustering lock (services/locking.py):
 1. an exact duplicate (same text up to case, spacing and punctuation) of a member joins that
    member's cluster, found by index, no vector math;
-2. otherwise the nearest joinable clusters are ranked by cosine similarity to their centroid
-   (``vector_sum``, see models.py), and the message joins the best one if the similarity reaches
-   the tenant's threshold;
+2. otherwise the joinable clusters are ranked by centred average-link similarity
+   (services/scoring.py; plain centroid cosine while the tenant has few messages), and the
+   message joins the best one if its score reaches the tenant's threshold;
 3. a short message that misses the threshold may still join a candidate whose representative
    text has nearly the same wording (rapidfuzz; the embedded PostgreSQL has no pg_trgm);
 4. otherwise it starts a new cluster.
@@ -24,15 +24,28 @@ from dataclasses import dataclass
 from datetime import datetime
 from uuid import UUID
 
+import numpy as np
 from django.conf import settings
 from django.db import connection
 from rapidfuzz import fuzz
 from rapidfuzz.utils import default_process
 
 from clustering.list_cache import cluster_list_cache_invalidate_on_commit
-from clustering.models import Cluster, ClusteringPolicy, ClusterMembership, ClusterStatus, JoinMethod
+from clustering.models import Cluster, ClusterMembership, ClusterStatus, JoinMethod
 from clustering.services.deliveries import delivery_suggest
 from clustering.services.locking import tenants_clustering_lock
+from clustering.services.scoring import (
+    Candidate,
+    Centre,
+    Thresholds,
+    centre_load,
+    centre_save,
+    cluster_candidates,
+    cluster_candidates_centred,
+    tenant_thresholds,
+    tenant_uses_hnsw,
+    vector_literal,
+)
 from conversations.models import Conversation, EmbeddingSpace, Message, Role
 from conversations.services.embedding_cache import text_normalize
 
@@ -50,21 +63,6 @@ class EmbeddedMessage:
 
 
 @dataclass(frozen=True)
-class Thresholds:
-    similarity: float
-    text_similarity: float
-    short_chars: int
-
-
-@dataclass(frozen=True)
-class Candidate:
-    id: UUID
-    similarity: float
-    status: str
-    representative_text: str
-
-
-@dataclass(frozen=True)
 class Assignment:
     message_id: UUID
     cluster_id: UUID
@@ -77,20 +75,6 @@ def text_key(text: str) -> str:
     """The exact-duplicate key: the text up to case, spacing and punctuation."""
     folded = " ".join(_PUNCTUATION.sub(" ", text_normalize(text).casefold()).split())
     return hashlib.sha256(folded.encode()).hexdigest()[:32]
-
-
-def tenant_thresholds(*, tenant_id: int) -> Thresholds:
-    """The tenant's thresholds: its ClusteringPolicy where set, else the settings."""
-    policy = ClusteringPolicy.objects.filter(tenant_id=tenant_id).first() or ClusteringPolicy()
-    return Thresholds(
-        similarity=_or(policy.similarity_threshold, settings.CLUSTER_SIMILARITY_THRESHOLD),
-        text_similarity=_or(policy.text_similarity_threshold, settings.CLUSTER_TEXT_SIMILARITY_THRESHOLD),
-        short_chars=int(_or(policy.short_message_chars, settings.CLUSTER_SHORT_MESSAGE_CHARS)),
-    )
-
-
-def _or(value: float | None, default: float) -> float:
-    return float(default if value is None else value)
 
 
 def clusters_assign_embedded(*, space: EmbeddingSpace, items: list[EmbeddedMessage]) -> list[Assignment]:
@@ -117,11 +101,13 @@ def clusters_assign_embedded(*, space: EmbeddingSpace, items: list[EmbeddedMessa
     tenants_clustering_lock(tenant_ids=[row[1] for row in rows])
     thresholds: dict[int, Thresholds] = {}
     exact: dict[int, bool] = {}
+    centres: dict[int, Centre] = {}
     done: list[Assignment] = []
     for message_id, tenant_id, text, sent_at in rows:
         if tenant_id not in thresholds:
             thresholds[tenant_id] = tenant_thresholds(tenant_id=tenant_id)
             exact[tenant_id] = not tenant_uses_hnsw(tenant_id=tenant_id, space=space)
+            centres[tenant_id] = centre_load(tenant_id=tenant_id, space=space)
         done.append(
             _assign_one(
                 space=space,
@@ -131,57 +117,14 @@ def clusters_assign_embedded(*, space: EmbeddingSpace, items: list[EmbeddedMessa
                 at=sent_at,
                 vector=vectors[message_id],
                 thresholds=thresholds[tenant_id],
+                centre=centres[tenant_id],
                 exact=exact[tenant_id],
             )
         )
-    for tenant_id in thresholds:
+    for tenant_id, centre in centres.items():
+        centre_save(tenant_id=tenant_id, space=space, centre=centre)
         cluster_list_cache_invalidate_on_commit(tenant_id=tenant_id)
     return done
-
-
-def cluster_candidates(
-    *, tenant_id: int, space: EmbeddingSpace, vector: list[float], limit: int, exact: bool = True
-) -> list[Candidate]:
-    """The ``limit`` joinable clusters of the tenant nearest to ``vector``, nearest first.
-
-    ``exact`` scans the tenant's joinable clusters (right by construction; a few ms at 10k).
-    Otherwise the space's HNSW index over joinable clusters answers, with a raised ef_search;
-    pgvector filters the tenant after the index scan, so this is only for tenants that own a
-    large share of the clusters (``tenant_uses_hnsw``), and a short answer falls back to exact."""
-    dims = int(space.dimensions)
-    distance = f"(vector_sum::vector({dims}) <=> %s::vector({dims}))"
-    literal = _literal(vector)
-    with connection.cursor() as cursor:
-        if not exact:
-            cursor.execute(f"SET LOCAL hnsw.ef_search = {max(int(settings.CLUSTER_EF_SEARCH), limit)}")
-        # "+ 0" keeps the planner off the HNSW index for the exact scan.
-        order = distance if not exact else f"{distance} + 0"
-        cursor.execute(
-            f"""
-            SELECT id, 1 - {distance}, status, representative_text FROM {_CLUSTERS}
-             WHERE tenant_id = %s AND space_id = %s AND status IN ('open', 'answered')
-             ORDER BY {order} LIMIT %s
-            """,
-            [literal, tenant_id, space.pk, literal, limit],
-        )
-        found = [Candidate(id=r[0], similarity=float(r[1]), status=r[2], representative_text=r[3]) for r in cursor]
-    if not exact and len(found) < limit:
-        return cluster_candidates(tenant_id=tenant_id, space=space, vector=vector, limit=limit, exact=True)
-    return found
-
-
-def tenant_uses_hnsw(*, tenant_id: int, space: EmbeddingSpace) -> bool:
-    """Whether the tenant has more joinable clusters than an exact scan should read."""
-    cap = int(settings.CLUSTER_EXACT_SCAN_MAX)
-    with connection.cursor() as cursor:
-        cursor.execute(
-            f"""
-            SELECT count(*) FROM (SELECT 1 FROM {_CLUSTERS}
-             WHERE tenant_id = %s AND space_id = %s AND status IN ('open', 'answered') LIMIT %s) AS joinable
-            """,
-            [tenant_id, space.pk, cap + 1],
-        )
-        return int(cursor.fetchone()[0]) > cap
 
 
 def cluster_space_index(*, space: EmbeddingSpace) -> None:
@@ -218,17 +161,18 @@ def _assign_one(
     at: datetime,
     vector: list[float],
     thresholds: Thresholds,
+    centre: Centre,
     exact: bool,
 ) -> Assignment:
     key = text_key(text)
+    centre.add(np.asarray(vector, dtype=np.float64))
     twin = _exact_twin(tenant_id=tenant_id, space=space, key=key)
     if twin is not None:
         return _join(twin, message_id, tenant_id, vector, key, at, JoinMethod.EXACT, 1.0)
-    candidates = cluster_candidates(
-        tenant_id=tenant_id, space=space, vector=vector, limit=int(settings.CLUSTER_CANDIDATES), exact=exact
+    best, candidates = cluster_best(
+        tenant_id=tenant_id, space=space, vector=vector, centre=centre, thresholds=thresholds, exact=exact
     )
-    if candidates and candidates[0].similarity >= thresholds.similarity:
-        best = candidates[0]
+    if best is not None:
         return _join(best, message_id, tenant_id, vector, key, at, JoinMethod.VECTOR, best.similarity)
     normalized = text_normalize(text)
     if len(normalized) <= thresholds.short_chars:
@@ -240,10 +184,41 @@ def _assign_one(
             if len(c.representative_text) <= 2 * thresholds.short_chars
         ]
         if wording:
-            score, closest = max(wording, key=lambda pair: (pair[0], pair[1].similarity))
+            score, closest = max(wording, key=lambda pair: (pair[0], pair[1].score))
             if score >= thresholds.text_similarity:
                 return _join(closest, message_id, tenant_id, vector, key, at, JoinMethod.TEXT, closest.similarity)
     return _found(space, message_id, tenant_id, vector, key, at, normalized)
+
+
+def cluster_best(
+    *,
+    tenant_id: int,
+    space: EmbeddingSpace,
+    vector: list[float],
+    centre: Centre,
+    thresholds: Thresholds,
+    exact: bool = True,
+    exclude: UUID | None = None,
+) -> tuple[Candidate | None, list[Candidate]]:
+    """The cluster a message (already counted in ``centre``) should join, if any passes the
+    tenant's threshold, and the candidates looked at. ``exclude``: a cluster id to leave out."""
+    limit = int(settings.CLUSTER_CANDIDATES) + (exclude is not None)
+    if centre.warm:
+        candidates = cluster_candidates_centred(
+            tenant_id=tenant_id,
+            space=space,
+            vector=np.asarray(vector, dtype=np.float64),
+            centre=centre,
+            limit=limit,
+            exact=exact,
+        )
+        threshold = thresholds.similarity
+    else:
+        candidates = cluster_candidates(tenant_id=tenant_id, space=space, vector=vector, limit=limit, exact=exact)
+        threshold = thresholds.warmup_similarity
+    candidates = [c for c in candidates if c.id != exclude]
+    best = candidates[0] if candidates and candidates[0].score >= threshold else None
+    return best, candidates
 
 
 def _exact_twin(*, tenant_id: int, space: EmbeddingSpace, key: str) -> Candidate | None:
@@ -258,7 +233,9 @@ def _exact_twin(*, tenant_id: int, space: EmbeddingSpace, key: str) -> Candidate
             [tenant_id, key, space.pk],
         )
         row = cursor.fetchone()
-    return None if row is None else Candidate(id=row[0], similarity=1.0, status=row[1], representative_text=row[2])
+    if row is None:
+        return None
+    return Candidate(id=row[0], score=1.0, similarity=1.0, status=row[1], representative_text=row[2])
 
 
 def _join(
@@ -281,7 +258,7 @@ def _join(
                    updated_at = now()
              WHERE id = %s
             """,
-            [_literal(vector), at, at, cluster.id],
+            [vector_literal(vector), at, at, cluster.id],
         )
     ClusterMembership.objects.create(
         message_id=message_id,
@@ -320,7 +297,3 @@ def _found(
         text_key=key,
     )
     return Assignment(message_id, cluster.id, JoinMethod.FOUNDER, 1.0, created=True)
-
-
-def _literal(vector: list[float]) -> str:
-    return "[" + ",".join(repr(float(x)) for x in vector) + "]"

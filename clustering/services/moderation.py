@@ -30,9 +30,10 @@ from clustering.models import (
     DeliveryStatus,
     JoinMethod,
 )
-from clustering.services.assignment import LABEL_CHARS, cluster_candidates, tenant_thresholds
+from clustering.services.assignment import LABEL_CHARS, cluster_best
 from clustering.services.deliveries import delivery_fanout, delivery_suggest
 from clustering.services.locking import tenants_clustering_lock
+from clustering.services.scoring import centre_load, tenant_thresholds
 from conversations.models import Conversation, Message, MessageEmbedding
 from convo.errors import Conflict, NotFound, ServiceError
 
@@ -138,15 +139,17 @@ def cluster_remove_message(*, cluster: Cluster, message_id: UUID, actor: Actor) 
         raise ServiceError("Not a member.", fields={"message_id": ["This message is not in this cluster."]})
     vector = _member_vector(current, message_id)
     before = _snapshot(current)
-    thresholds = tenant_thresholds(tenant_id=current.tenant_id)
-    candidates = [
-        c
-        for c in cluster_candidates(tenant_id=current.tenant_id, space=current.space, vector=vector, limit=2)
-        if c.id != current.pk
-    ]
-    if candidates and candidates[0].similarity >= thresholds.similarity:
-        home = Cluster.objects.select_for_update().get(pk=candidates[0].id)
-        similarity = candidates[0].similarity
+    best, _ = cluster_best(
+        tenant_id=current.tenant_id,
+        space=current.space,
+        vector=vector,
+        centre=centre_load(tenant_id=current.tenant_id, space=current.space),
+        thresholds=tenant_thresholds(tenant_id=current.tenant_id),
+        exclude=current.pk,
+    )
+    if best is not None:
+        home = Cluster.objects.select_for_update().get(pk=best.id)
+        similarity = best.similarity
     else:
         home = _new_cluster_for(current, message_id)
         similarity = 1.0

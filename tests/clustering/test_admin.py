@@ -443,12 +443,15 @@ def test_remove_rehomes_the_message_and_keeps_both_clusters_right(
 
 def test_remove_rehomes_into_the_most_similar_cluster(admin_client: Client, tenant: Tenant, inbound: Inbound) -> None:
     # Two clusters of near questions, kept apart at ingest by a strict threshold, then a lenient one.
-    policy = ClusteringPolicy.objects.create(tenant=tenant, similarity_threshold=0.999, text_similarity_threshold=100)
+    # (Few messages: the tenant is in the warm-up regime, decided by the warm-up threshold.)
+    policy = ClusteringPolicy.objects.create(
+        tenant=tenant, warmup_similarity_threshold=0.999, text_similarity_threshold=100
+    )
     per_month = inbound(tenant, PLAN, PLAN)
     each_month = inbound(tenant, "how much does the premium plan cost each month")
     source, other = cluster_of(per_month[0]), cluster_of(each_month[0])
     assert source != other
-    policy.similarity_threshold = 0.3
+    policy.warmup_similarity_threshold = 0.3
     policy.save()
 
     admin_client.post(_moderation_url(source, "remove_message"), {"message_id": str(per_month[1].pk)})
@@ -805,12 +808,19 @@ def test_policy_is_saved_and_used(admin_client: Client, tenant: Tenant, inbound:
         {
             "tenant": tenant.pk,
             "similarity_threshold": "1",
+            "warmup_similarity_threshold": "1",
             "text_similarity_threshold": "100",
             "short_message_chars": "0",
         },
     )
     assert response.status_code == 302
     policy = ClusteringPolicy.objects.get(tenant=tenant)
-    assert (policy.similarity_threshold, policy.text_similarity_threshold, policy.short_message_chars) == (1, 100, 0)
+    saved = (
+        policy.similarity_threshold,
+        policy.warmup_similarity_threshold,
+        policy.text_similarity_threshold,
+        policy.short_message_chars,
+    )
+    assert saved == (1, 1, 100, 0)
     first, second = inbound(tenant, PLAN, "how much does the premium plan cost each month")
     assert cluster_of(first) != cluster_of(second)

@@ -74,7 +74,7 @@ def test_clusters_never_cross_tenants(tenant, inbound: Inbound) -> None:
 
 
 def test_tenant_threshold_overrides_the_setting(tenant, inbound: Inbound) -> None:
-    ClusteringPolicy.objects.create(tenant=tenant, similarity_threshold=0.999, text_similarity_threshold=100)
+    ClusteringPolicy.objects.create(tenant=tenant, warmup_similarity_threshold=0.999, text_similarity_threshold=100)
     first, second = inbound(
         tenant, "how much does the premium plan cost per month", "how much does the premium plan cost each month"
     )
@@ -83,7 +83,7 @@ def test_tenant_threshold_overrides_the_setting(tenant, inbound: Inbound) -> Non
 
 def test_short_messages_join_by_wording(tenant, inbound: Inbound, settings) -> None:
     # The vectors alone would not pass; the wording does.
-    settings.CLUSTER_SIMILARITY_THRESHOLD = 0.99
+    settings.CLUSTER_WARMUP_SIMILARITY_THRESHOLD = 0.99
     first, second = inbound(tenant, "price of the hoodie?", "hoodie price?")
     membership = ClusterMembership.objects.get(message=second)
     assert membership.method == JoinMethod.TEXT
