@@ -34,13 +34,12 @@ OPENERS = ["", "hi ", "hello ", "hey ", "quick question: ", "sorry, "]
 def reference_partition(vectors: np.ndarray, warmup: int, warm_t: float, t: float) -> list[int]:
     """The rule in a few lines of numpy: centroid cosine during the warm-up, then centred
     average-link against the tenant's running mean (which includes the message)."""
-    total, count, norm_sum = np.zeros(vectors.shape[1]), 0, 0.0
+    total, norm_sum = np.zeros(vectors.shape[1]), 0.0
     sums: list[np.ndarray] = []
     sizes: list[int] = []
     labels = []
-    for x in vectors:
+    for count, x in enumerate(vectors, start=1):
         total += x
-        count += 1
         mu = total / count
         q = x - mu
         q_norm = max(float(np.linalg.norm(q)), 1e-9)
