@@ -134,9 +134,7 @@ def demo_messages_load(*, tenant: Tenant, count: int = DEMO_DEFAULT_COUNT, avata
     writes nothing at all."""
     plan = demo_plan(count)
     wanted = [_external_id(row) for row, _ in plan]
-    present = set(
-        Message.objects.filter(tenant=tenant, external_id__in=wanted).values_list("external_id", flat=True)
-    )
+    present = set(Message.objects.filter(tenant=tenant, external_id__in=wanted).values_list("external_id", flat=True))
     todo = [(row, person) for row, person in plan if _external_id(row) not in present]
     now = timezone.now()
     step = _SPREAD / max(1, len(todo))

@@ -1,7 +1,8 @@
 """`make run`: the whole of convo on one machine, in the foreground.
 
 Starts the embedded PostgreSQL when DATABASE_URL is unset, migrates, creates the demo tenant and
-staff user, then runs gunicorn (the API and the admin) and the django-q2 worker side by side.
+staff user, loads the demo inbox (unless CONVO_DEMO=false), then runs gunicorn (the API and the
+admin) and the django-q2 worker side by side.
 Ctrl-C (or SIGTERM) stops the web server and the worker gracefully, then the embedded database.
 A second run reuses the data folder.
 """
@@ -13,6 +14,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 
@@ -47,13 +49,10 @@ def main() -> int:
     signal.signal(signal.SIGTERM, stop)
     try:
         manage = [sys.executable, str(BASE_DIR / "manage.py")]
-        for step in (
-            ["migrate", "--noinput"],
-            ["collectstatic", "--noinput", "-v0"],
-            ["convo_schedules"],
-            ["convo_bootstrap_demo"],
-        ):
-            subprocess.run([*manage, *step], check=True, cwd=BASE_DIR)
+        for step in startup_steps():
+            done = subprocess.run([*manage, *step.args], check=step.required, cwd=BASE_DIR)
+            if done.returncode:
+                print(f"{' '.join(step.args)} failed (exit {done.returncode}); starting without it", flush=True)
         # Each child gets its own session: Ctrl-C reaches only this process, which then stops the
         # children in order (web first, so nothing new is acknowledged; then the worker).
         web = subprocess.Popen(
@@ -102,6 +101,29 @@ def main() -> int:
             if embedded_server_stop(data_dir=data_dir):
                 print("embedded PostgreSQL stopped", flush=True)
     return 0
+
+
+@dataclass(frozen=True)
+class Step:
+    """A ``manage.py`` command run before the servers start; a failed optional one is reported
+    and skipped (a demo must never keep convo from starting)."""
+
+    args: tuple[str, ...]
+    required: bool = True
+
+
+def startup_steps() -> list[Step]:
+    """The start-up commands, in order. ``CONVO_DEMO=false`` leaves out the demo inbox
+    (Banking77 questions from many users, clustered by the worker a minute after start)."""
+    steps = [
+        Step(("migrate", "--noinput")),
+        Step(("collectstatic", "--noinput", "-v0")),
+        Step(("convo_schedules",)),
+        Step(("convo_bootstrap_demo",)),
+    ]
+    if env.bool("CONVO_DEMO", default=True):
+        steps.append(Step(("convo_demo_load",), required=False))
+    return steps
 
 
 def _stop_children(children: list[subprocess.Popen[bytes]]) -> None:

@@ -27,7 +27,10 @@ def free_port() -> int:
 
 def start(data_dir: Path, port: int) -> tuple[subprocess.Popen[str], str]:
     env = {k: v for k, v in os.environ.items() if k not in {"DATABASE_URL", "REDIS_URL", "DJANGO_SETTINGS_MODULE"}}
-    env.update(CONVO_DATA_DIR=str(data_dir), CONVO_PORT=str(port), CONVO_WEB_WORKERS="1", Q_WORKERS="1")
+    # The demo inbox (600 questions through the real model) is tested on its own (tests/clustering/test_demo.py).
+    env.update(
+        CONVO_DATA_DIR=str(data_dir), CONVO_PORT=str(port), CONVO_WEB_WORKERS="1", Q_WORKERS="1", CONVO_DEMO="false"
+    )
     process = subprocess.Popen(
         [sys.executable, "-m", "convo.launcher"],
         cwd=BASE_DIR,
