@@ -57,7 +57,7 @@ from clustering.services.moderation import (
     cluster_split,
 )
 from clustering.services.webhooks import delivery_endpoint_set, delivery_retry, webhook_url_validate
-from conversations.admin import _adopt, _BigTableAdmin
+from conversations.admin import BigTableAdmin, adopt_saved
 from convo.errors import ServiceError
 
 # The audit entries a cluster's page shows; the audit log list has all of them.
@@ -143,6 +143,23 @@ def _describe_change(before: dict[str, Any], after: dict[str, Any]) -> str:
 # --- a cluster's page: members and audit log ---------------------------------------------------------
 
 
+class _ReadOnlyInline(admin.TabularInline):
+    """An inline that shows rows and never changes them: members move and the log grows only
+    through the moderation services."""
+
+    def has_view_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return _can_view_clusters(request)
+
+    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+
 class NewestMembersFormSet(BaseInlineFormSet):
     """The newest ``CLUSTER_DETAIL_MESSAGES`` members, with their messages and this cluster's
     deliveries to them: three queries whatever the cluster's size. The slice is taken here because
@@ -167,7 +184,7 @@ class NewestMembersFormSet(BaseInlineFormSet):
         return self._queryset
 
 
-class MembersInline(admin.TabularInline):
+class MembersInline(_ReadOnlyInline):
     """The cluster's newest members, read-only. A moderator also gets, per row, a checkbox for
     "split the ticked messages into a new cluster" and a "remove (re-home)" button; both submit
     forms of their own (``SPLIT_FORM``, ``REMOVE_FORM``) to the moderation views."""
@@ -188,17 +205,6 @@ class MembersInline(admin.TabularInline):
             return ("split", *self._columns, "remove")
         return self._columns
 
-    def has_view_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return _can_view_clusters(request)
-
-    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
 
     @admin.display(description="split")
     def split(self, obj: ClusterMembership) -> str:
@@ -249,7 +255,7 @@ class NewestActionsFormSet(BaseInlineFormSet):
         return self._queryset
 
 
-class ActionLogInline(admin.TabularInline):
+class ActionLogInline(_ReadOnlyInline):
     """The cluster's audit log, newest first, read-only."""
 
     model = ClusterAction
@@ -262,17 +268,6 @@ class ActionLogInline(admin.TabularInline):
     verbose_name = "audit entry"
     verbose_name_plural = f"audit log (the newest {ACTIONS_INLINE_LIMIT}; see “audit log” for the rest)"
 
-    def has_view_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return _can_view_clusters(request)
-
-    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
 
     @admin.display(description="change")
     def what_changed(self, obj: ClusterAction) -> str:
@@ -307,7 +302,7 @@ _CLUSTER_FIELDS = (
 
 
 @admin.register(Cluster)
-class ClusterAdmin(_BigTableAdmin):
+class ClusterAdmin(BigTableAdmin):
     """Clusters, biggest first (or by recency: sort on "last message at"). The page of one
     cluster shows its newest members and its audit log, and, for moderators, the moderation
     forms; see the module docstring for why nothing here is a plain model save."""
@@ -606,7 +601,7 @@ class ClusterAdmin(_BigTableAdmin):
 
 
 @admin.register(ClusterAction)
-class ClusterActionAdmin(_BigTableAdmin):
+class ClusterActionAdmin(BigTableAdmin):
     """Every moderator action, newest first; read-only (it is the record)."""
 
     list_display = ("created_at", "action", "cluster_link", "tenant", "actor", "what_changed")
@@ -654,7 +649,7 @@ _DELIVERY_FIELDS = (
 
 
 @admin.register(AnswerDelivery)
-class AnswerDeliveryAdmin(_BigTableAdmin):
+class AnswerDeliveryAdmin(BigTableAdmin):
     """Deliveries are made by answering and joining, and sent by the webhook worker: read-only."""
 
     list_display = (
@@ -773,7 +768,7 @@ class DeliveryEndpointAdmin(admin.ModelAdmin):
     ) -> None:
         """Through ``delivery_endpoint_set``; ``obj`` carries the form's values."""
         done = delivery_endpoint_set(tenant=obj.tenant, url=obj.url, is_active=obj.is_active)
-        _adopt(obj, done.endpoint)
+        adopt_saved(obj, done.endpoint)
         if done.secret:
             _show_secret_once(request, done.endpoint, done.secret)
 

@@ -101,7 +101,7 @@ def _planner_row_estimate(queryset: QuerySet[Any]) -> int:
     return int(plan[0]["Plan"]["Plan Rows"])
 
 
-class _BigTableAdmin(admin.ModelAdmin):
+class BigTableAdmin(admin.ModelAdmin):
     """Change list settings for tables that grow without bound.
 
     The default order is the primary key, newest first: ids are UUIDv7, which sort by creation
@@ -125,7 +125,7 @@ class _DeferringChangeList(ChangeList):
     """A change list that leaves out its admin's ``list_defer`` columns."""
 
     def get_queryset(self, request: HttpRequest, exclude_parameters: Any = None) -> QuerySet[Any]:
-        deferred = cast(_BigTableAdmin, self.model_admin).list_defer
+        deferred = cast(BigTableAdmin, self.model_admin).list_defer
         return super().get_queryset(request, exclude_parameters).defer(*deferred)
 
 
@@ -173,7 +173,7 @@ def _uuid(term: str) -> UUID | None:
         return None
 
 
-def _adopt(obj: models.Model, saved: models.Model) -> None:
+def adopt_saved(obj: models.Model, saved: models.Model) -> None:
     """Make the admin's unsaved ``obj`` the row a service just saved: the admin logs the change
     and redirects with ``obj``, which the service never saw."""
     for field in saved._meta.concrete_fields:
@@ -211,7 +211,7 @@ class TenantAdmin(admin.ModelAdmin):
         if change:
             tenant_update(tenant=obj, name=obj.name, is_active=obj.is_active)
         else:
-            _adopt(obj, tenant_create(name=obj.name, slug=obj.slug))
+            adopt_saved(obj, tenant_create(name=obj.name, slug=obj.slug))
 
     @admin.display(description="API keys")
     def api_keys(self, obj: Tenant) -> SafeString:
@@ -263,7 +263,7 @@ class TenantAPIKeyAdmin(APIKeyModelAdmin):
                 tenant_api_key_revoke(api_key=obj)
             return
         api_key, key = tenant_api_key_create(tenant=obj.tenant, name=obj.name)
-        _adopt(obj, api_key)
+        adopt_saved(obj, api_key)
         messages.warning(
             request,
             f"The API key for {obj.name} is {key} — store it somewhere safe: it will not be shown again.",
@@ -390,7 +390,7 @@ _CONVERSATION_EDITABLE = ("status", "summary")
 
 
 @admin.register(Conversation)
-class ConversationAdmin(_BigTableAdmin):
+class ConversationAdmin(BigTableAdmin):
     """Conversations arrive through the API, so there is no "add"; staff change status and
     summary, and soft-delete. A soft-deleted conversation is read-only."""
 
@@ -490,7 +490,7 @@ _MESSAGE_FIELDS = (
 
 
 @admin.register(Message)
-class MessageAdmin(_MessageDisplay, _BigTableAdmin):
+class MessageAdmin(_MessageDisplay, BigTableAdmin):
     """Messages are read-only: they arrive through the API and leave with their conversation."""
 
     list_display = (
