@@ -9,7 +9,7 @@ from uuid import UUID
 
 from django.conf import settings
 from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import extend_schema, extend_schema_field
+from drf_spectacular.utils import extend_schema, extend_schema_field, extend_schema_serializer
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictStr
 from rest_framework import serializers, status
 from rest_framework.decorators import action
@@ -26,7 +26,7 @@ from clustering.services.webhooks import (
 )
 from conversations.api.views import UUID_PATTERN
 from convo.api.errors import FieldErrors
-from convo.api.pagination import OldestFirstCursorPagination
+from convo.api.pagination import keyset_page, page_size_param
 from convo.api.tenancy import TenantScopedViewSet, request_tenant
 from convo.api.validation import batch_items, parse_payload
 from convo.errors import NotFound
@@ -80,16 +80,28 @@ class DeliverySerializer(serializers.ModelSerializer):
         read_only_fields = fields
 
 
+# Oldest first. The full key, not ``created_at`` alone: every delivery of one fan-out shares its
+# transaction's ``created_at``, and the (unique) id breaks those ties (convo.api.pagination).
+DELIVERY_ORDERING: tuple[str, ...] = ("created_at", "id")
+
+
 class DeliveryFilterSerializer(serializers.Serializer):
     status = serializers.ChoiceField(choices=DeliveryStatus.choices, required=False)
     kind = serializers.ChoiceField(choices=DeliveryKind.choices, required=False)
     cluster_id = serializers.UUIDField(required=False)
     message_id = serializers.UUIDField(required=False)
-    page_size = serializers.IntegerField(required=False, help_text="Items per page.")
-    cursor = serializers.CharField(required=False, help_text="The cursor of the page to fetch.")
+    page_size = serializers.IntegerField(required=False, help_text="Items per page (1 to CONVO_MAX_PAGE_SIZE).")
+    cursor = serializers.CharField(required=False, help_text="The `next` or `previous` cursor of another page.")
 
     def to_filters(self) -> dict[str, Any]:
         return {name: value for name, value in self.validated_data.items() if name not in {"page_size", "cursor"}}
+
+
+@extend_schema_serializer(many=False)  # the page itself, not a list of pages (``list`` is its action)
+class PaginatedDeliveryListSerializer(serializers.Serializer):
+    next = serializers.URLField(allow_null=True, help_text="The next page (null on the last one).")
+    previous = serializers.URLField(allow_null=True, help_text="The previous page (null on the first one).")
+    results = DeliverySerializer(many=True)
 
 
 class DeliveryAckIn(BaseModel):
@@ -108,16 +120,27 @@ class DeliveryAckSerializer(serializers.Serializer):
 class DeliveryViewSet(TenantScopedViewSet):
     base_queryset = AnswerDelivery.objects.select_related("message__conversation")
     serializer_class = DeliverySerializer
-    pagination_class = OldestFirstCursorPagination
+    pagination_class = None  # keyset pages on the full key (``list``)
     lookup_value_regex = UUID_PATTERN
 
-    @extend_schema(parameters=[DeliveryFilterSerializer], responses=DeliverySerializer(many=True))
+    @extend_schema(
+        parameters=[DeliveryFilterSerializer],
+        responses={200: PaginatedDeliveryListSerializer, 400: OpenApiTypes.OBJECT},
+    )
     def list(self, request: Request) -> Response:
         """Oldest first. Pull mode: list `status=pending`, handle them, then acknowledge them."""
         filters = DeliveryFilterSerializer(data=request.query_params)
         filters.is_valid(raise_exception=True)
-        page = self.paginate_queryset(self.get_queryset().filter(**filters.to_filters()))
-        return self.get_paginated_response(DeliverySerializer(page, many=True).data)
+        size = page_size_param(request.query_params)
+        page = keyset_page(
+            self.get_queryset().filter(**filters.to_filters()),
+            keys=DELIVERY_ORDERING,
+            cursor=filters.validated_data.get("cursor"),
+            size=size,
+        )
+        params = {name: value for name, value in filters.validated_data.items() if name != "cursor"}
+        data = DeliverySerializer(page.items, many=True).data
+        return Response(page.body(request.build_absolute_uri(request.path), params, data))
 
     @extend_schema(responses={200: DeliverySerializer, 404: OpenApiTypes.OBJECT})
     def retrieve(self, request: Request, pk: str) -> Response:

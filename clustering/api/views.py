@@ -9,18 +9,10 @@ tenant before any service runs, and answer 404 naming the field when the tenant 
 
 from __future__ import annotations
 
-import base64
-import binascii
-from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlencode
 from uuid import UUID
 
-import orjson
 from django.conf import settings
-from django.core.exceptions import ValidationError as DjangoValidationError
-from django.db.models import Model, Q, QuerySet
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework.decorators import action
@@ -53,7 +45,6 @@ from clustering.selectors import (
     clusters_of_tenant,
     message_cluster,
     message_ids_of_tenant,
-    ordering_expressions,
 )
 from clustering.services.moderation import (
     Actor,
@@ -66,7 +57,7 @@ from clustering.services.moderation import (
     cluster_split,
 )
 from conversations.api.views import UUID_PATTERN
-from convo.api.errors import FieldErrors
+from convo.api.pagination import keyset_page
 from convo.api.principal import TenantPrincipal
 from convo.api.tenancy import TenantScopedViewSet, request_tenant
 from convo.api.validation import parse_payload
@@ -299,107 +290,3 @@ def _move_body(cluster: Cluster, source: Cluster) -> dict[str, Any]:
 
 def _page_params(query: PageQuery) -> dict[str, Any]:
     return {"page_size": query.page_size} if "page_size" in query.model_fields_set else {}
-
-
-# --- keyset pages ------------------------------------------------------------------------------
-# DRF's CursorPagination keys on the first ordering field alone and skips ties by an offset
-# (capped at 1000), which breaks on "-size", where most clusters tie. These pages key on every
-# ordering field, the last one unique, so a page is one indexed range read at any depth.
-
-
-@dataclass(frozen=True)
-class KeysetPage:
-    items: list[Any]
-    next_cursor: str | None
-    previous_cursor: str | None
-
-    def body(self, base_url: str, params: dict[str, Any], results: Any) -> dict[str, Any]:
-        """``{next, previous, results}`` with links that carry the validated parameters only."""
-
-        def link(cursor: str | None) -> str | None:
-            if cursor is None:
-                return None
-            query = {k: v for k, v in params.items() if k != "cursor"}
-            return f"{base_url}?{urlencode({**query, 'cursor': cursor})}"
-
-        return {"next": link(self.next_cursor), "previous": link(self.previous_cursor), "results": results}
-
-
-def keyset_page(queryset: QuerySet[Any], *, keys: Sequence[str], cursor: str | None, size: int) -> KeysetPage:
-    """One page of ``queryset`` in the order of ``keys`` (``"-size"``, ``"id"``…, the last one
-    unique; nullable keys sort last), after the cursor's position, or before it for a
-    ``previous`` cursor. One query for the rows, plus the queryset's prefetches."""
-    model = queryset.model
-    fields = [_key_field(model, key) for key in keys]
-    position, backwards = (None, False) if cursor is None else _decode(cursor, keys, fields)
-    queryset = queryset.order_by(*ordering_expressions(model, tuple(keys), reverse=backwards))
-    if position is not None:
-        queryset = queryset.filter(_past(keys, position, fields, backwards=backwards))
-    rows = list(queryset[: size + 1])
-    more = len(rows) > size
-    rows = rows[:size]
-    if not rows:
-        return KeysetPage(rows, next_cursor=None, previous_cursor=None)
-    if backwards:
-        rows.reverse()
-    first = _encode(keys, rows[0], backwards=True, fields=fields)
-    last = _encode(keys, rows[-1], backwards=False, fields=fields)
-    if backwards:  # came back from a later page: there is always a next one
-        return KeysetPage(rows, next_cursor=last, previous_cursor=first if more else None)
-    return KeysetPage(rows, next_cursor=last if more else None, previous_cursor=first if cursor else None)
-
-
-def _key_field(model: type[Model], key: str) -> Any:
-    name = key.lstrip("-")
-    return model._meta.pk if name == "pk" else model._meta.get_field(name)
-
-
-def _encode(keys: Sequence[str], row: Model | dict[str, Any], *, backwards: bool, fields: list[Any]) -> str:
-    """A cursor at ``row`` (a model instance, or a ``values()`` row holding the keys' columns)."""
-    values = [row[f.attname] if isinstance(row, dict) else getattr(row, f.attname) for f in fields]
-    state = {"k": list(keys), "v": values, "b": backwards}
-    return base64.urlsafe_b64encode(orjson.dumps(state, default=str)).decode().rstrip("=")
-
-
-def _decode(cursor: str, keys: Sequence[str], fields: list[Any]) -> tuple[list[Any], bool]:
-    invalid = FieldErrors({"cursor": ["Invalid cursor."]})
-    try:
-        state = orjson.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
-    except (binascii.Error, ValueError):
-        raise invalid from None
-    if not isinstance(state, dict) or not isinstance(state.get("v"), list) or not isinstance(state.get("b"), bool):
-        raise invalid
-    if state.get("k") != list(keys):
-        raise FieldErrors({"cursor": ["This cursor belongs to another ordering."]})
-    if len(state["v"]) != len(keys):
-        raise invalid
-    try:
-        position = [
-            None if value is None else field.to_python(value) for field, value in zip(fields, state["v"], strict=True)
-        ]
-    except (DjangoValidationError, TypeError, ValueError):
-        raise invalid from None
-    if any(value is None and not field.null for field, value in zip(fields, position, strict=True)):
-        raise invalid
-    return position, state["b"]
-
-
-def _past(keys: Sequence[str], position: list[Any], fields: list[Any], *, backwards: bool) -> Q:
-    """Rows strictly after ``position`` in the keys' order (strictly before it when
-    ``backwards``), nulls last: (k1 past v1) or (k1 = v1 and k2 past v2) or …"""
-    nothing = Q(pk__in=[])
-    condition, equal = nothing, Q()
-    for key, value, field in zip(keys, position, fields, strict=True):
-        name = key.lstrip("-")
-        descending = key.startswith("-") != backwards
-        if value is None:  # after a null come only nulls; before it, every value
-            past = Q(**{f"{name}__isnull": False}) if backwards else nothing
-            same = Q(**{f"{name}__isnull": True})
-        else:
-            past = Q(**{f"{name}__{'lt' if descending else 'gt'}": value})
-            if field.null and not backwards:
-                past |= Q(**{f"{name}__isnull": True})
-            same = Q(**{name: value})
-        condition |= equal & past
-        equal &= same
-    return condition

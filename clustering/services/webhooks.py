@@ -21,9 +21,13 @@ from __future__ import annotations
 import hashlib
 import hmac
 import http.client
+import io
+import ipaddress
 import json
 import logging
 import secrets
+import socket
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -39,11 +43,12 @@ from django.db import connection, transaction
 from django.db.models import QuerySet
 from django.db.models.functions import Now
 
-from clustering.models import AnswerDelivery, Cluster, DeliveryEndpoint, DeliveryStatus
+from clustering.models import AnswerDelivery, Cluster, ClusterMembership, DeliveryEndpoint, DeliveryStatus
 from clustering.services.deliveries import delivery_kick_on_commit
+from clustering.services.locking import tenants_clustering_lock
 from conversations.embeddings.http import retry_after_seconds
 from conversations.models import Conversation, Message, Tenant
-from convo.errors import Conflict, ServiceError
+from convo.errors import Conflict, NotFound, ServiceError
 
 logger = logging.getLogger(__name__)
 
@@ -56,6 +61,12 @@ _RETRYABLE_4XX = frozenset({408, 409, 429})
 #: Answers meaning "the endpoint as a whole is unavailable": the rest of its batch waits.
 _ENDPOINT_DOWN = frozenset({429, 502, 503, 504})
 _ERROR_CHARS = 500
+#: The part of the lease a sender keeps in hand after a POST's deadline, to record its outcome
+#: before another sender may re-claim the delivery.
+LEASE_MARGIN_FRACTION = 0.05
+#: Host name lookups running at once in one process (each in a thread of its own, since
+#: ``getaddrinfo`` has no timeout); one more waits for a slot, within its POST's deadline.
+_RESOLVER_SLOTS = threading.BoundedSemaphore(8)
 
 
 # --- signing ---------------------------------------------------------------------------------------
@@ -124,16 +135,22 @@ def deliveries_send_due(*, limit: int | None = None) -> int:
     back unsent); 0 means nothing is due. Must not run inside a transaction (the claim is
     ``durable``): no database transaction is ever held open across an HTTP request.
 
-    Two things bound one run. An endpoint that times out, refuses connections or says it is
-    unavailable (429/502/503/504) is not tried again in this run: the rest of its batch is
-    handed back, without spending an attempt, to wait as long as the failed one. And a delivery
-    whose claim would run out before its POST could finish is handed back unsent, so another
-    sender that re-claims it after the lease never races us."""
+    Three things bound one run. Each POST has a hard deadline, ``2 * DELIVERY_TIMEOUT_SECONDS``
+    from its start, host name lookup included, however slowly the endpoint trickles its answer
+    (``_post``). An endpoint that times out, refuses connections or says it is unavailable
+    (429/502/503/504) is not tried again in this run: the rest of its batch is handed back,
+    without spending an attempt, to wait as long as the failed one. And a delivery whose claim
+    would run out before its POST's deadline (plus a margin to record the outcome) is handed
+    back unsent, so another sender that re-claims it after the lease never races us."""
     timeout: float = settings.DELIVERY_TIMEOUT_SECONDS
     lease: float = settings.DELIVERY_LEASE_SECONDS
-    # One POST can take a connect and a read timeout; a lease shorter than that could expire mid-send.
-    if lease <= 2 * timeout:
-        raise ImproperlyConfigured("DELIVERY_LEASE_SECONDS must be more than twice DELIVERY_TIMEOUT_SECONDS")
+    budget = 2 * timeout  # the longest one POST may take, from the host name lookup to the answer's headers
+    margin = lease * LEASE_MARGIN_FRACTION  # kept in hand to record the outcome within the lease
+    if lease - margin <= budget:
+        raise ImproperlyConfigured(
+            "DELIVERY_LEASE_SECONDS must be more than twice DELIVERY_TIMEOUT_SECONDS, "
+            f"plus {LEASE_MARGIN_FRACTION:.0%} of the lease"
+        )
     started = time.monotonic()  # before the claim: the lease is counted from no later than this
     batch, lost = _claim(limit=limit or settings.DELIVERY_BATCH_SIZE)
     waiting: dict[int, float] = {}  # tenant -> delay its endpoint asked for in this run
@@ -141,10 +158,12 @@ def deliveries_send_due(*, limit: int | None = None) -> int:
         if item.tenant_id in waiting:
             _hand_back(item, delay=waiting[item.tenant_id])
             continue
-        if time.monotonic() - started + 2 * timeout >= lease:
+        now = time.monotonic()
+        lease_left = lease - (now - started) - margin
+        if lease_left < budget:
             _hand_back(item, delay=0.0)
             continue
-        failure = _post(item, timeout=timeout)
+        failure = _post(item, timeout=timeout, deadline=now + min(budget, lease_left))
         if failure is None:
             _finish_delivered(item)
             continue
@@ -234,8 +253,11 @@ def webhook_body(payload: dict[str, Any]) -> bytes:
     return json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode()
 
 
-def _post(item: ClaimedDelivery, *, timeout: float) -> _Failure | None:
-    """POST one delivery; None when the endpoint answered 2xx."""
+def _post(item: ClaimedDelivery, *, timeout: float, deadline: float) -> _Failure | None:
+    """POST one delivery; None when the endpoint answered 2xx. Each socket operation waits at
+    most ``timeout``, and the whole request (host name lookup, connect, TLS, sending, reading
+    the answer's status and headers) ends by ``deadline`` (``time.monotonic()``) whatever the
+    endpoint does: past it, it is a timeout."""
     body = webhook_body(item.payload)
     headers = {
         "Content-Type": "application/json",
@@ -247,7 +269,12 @@ def _post(item: ClaimedDelivery, *, timeout: float) -> _Failure | None:
     try:
         try:
             # Built per request (cheap): HTTP(S)_PROXY / NO_PROXY are read when it runs, not at import.
-            opener = urllib.request.build_opener(urllib.request.ProxyHandler(), _NoRedirect())
+            opener = urllib.request.build_opener(
+                urllib.request.ProxyHandler(),
+                _NoRedirect(),
+                _DeadlineHTTPHandler(deadline=deadline),
+                _DeadlineHTTPSHandler(deadline=deadline),
+            )
             with opener.open(request, timeout=timeout) as response:
                 status, response_headers = response.status, response.headers
         except urllib.error.HTTPError as error:
@@ -265,6 +292,177 @@ def _post(item: ClaimedDelivery, *, timeout: float) -> _Failure | None:
         return _Failure(f"the endpoint refused the delivery ({status})", permanent=True)
     retry_after = retry_after_seconds(response_headers) if status in (429, 503) else None
     return _Failure(f"the endpoint answered {status}", retry_after=retry_after, endpoint_down=status in _ENDPOINT_DOWN)
+
+
+# --- a POST with a deadline --------------------------------------------------------------------------
+# urllib's timeout is per socket operation, and the host name lookup has none: an endpoint that
+# sends its answer a byte at a time, or a slow DNS server, would keep one POST open for as long
+# as it likes, past the claim's lease. These connections (the handlers urllib uses for http and
+# https, proxies and CONNECT tunnels included) resolve the host in a bounded lookup, connect to
+# the address found, and before every read and write shrink the socket's timeout to what is left
+# of the deadline (TLS handshakes honour the socket timeout as a whole). No thread ever touches a
+# socket another one is using.
+
+
+def _time_left(deadline: float, timeout: float) -> float:
+    """The timeout for the next socket operation: ``timeout``, or less as the deadline nears.
+    ``TimeoutError`` once it has passed."""
+    left = deadline - time.monotonic()
+    if left <= 0:
+        raise TimeoutError("timed out")
+    return min(left, timeout)
+
+
+def _resolve(host: str, port: int, *, deadline: float) -> list[tuple[Any, ...]]:
+    """``getaddrinfo`` for a TCP connection, given up on (``TimeoutError``) at ``deadline``.
+    The lookup runs in a daemon thread (getaddrinfo cannot be interrupted); one that is given up
+    on finishes in the background, still holding its slot, so a resolver that hangs can tie up
+    at most ``_RESOLVER_SLOTS`` threads. An IP address is not looked up."""
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        pass
+    else:
+        return socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM, 0, socket.AI_NUMERICHOST)
+    if not _RESOLVER_SLOTS.acquire(timeout=max(0.0, deadline - time.monotonic())):
+        raise TimeoutError("timed out")
+    outcome: dict[str, Any] = {}
+    done = threading.Event()
+
+    def lookup() -> None:
+        try:
+            outcome["addresses"] = socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM)
+        except Exception as exc:  # handed to the caller, if it is still waiting
+            outcome["error"] = exc
+        finally:
+            _RESOLVER_SLOTS.release()
+            done.set()
+
+    threading.Thread(target=lookup, name="convo-webhook-dns", daemon=True).start()
+    if not done.wait(max(0.0, deadline - time.monotonic())):
+        raise TimeoutError("timed out")
+    if "addresses" not in outcome:
+        raise outcome.get("error") or OSError(f"could not look up {host}")
+    addresses: list[tuple[Any, ...]] = outcome["addresses"]
+    return addresses
+
+
+def _connect(host: str, port: int, *, timeout: float, deadline: float) -> socket.socket:
+    """A TCP connection to ``host`` (each address it resolves to in turn), by ``deadline``."""
+    error: OSError | None = None
+    for family, kind, proto, _, address in _resolve(host, port, deadline=deadline):
+        sock = socket.socket(family, kind, proto)
+        try:
+            sock.settimeout(_time_left(deadline, timeout))
+            sock.connect(address)
+        except OSError as exc:
+            sock.close()
+            error = exc
+            if isinstance(exc, TimeoutError) and time.monotonic() >= deadline:
+                break
+            continue
+        if family in (socket.AF_INET, socket.AF_INET6):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return sock
+    raise error or OSError(f"no address found for {host}")
+
+
+class _DeadlineReader(io.RawIOBase):
+    """The socket's reading side, each read waiting at most until the deadline."""
+
+    def __init__(self, sock: socket.socket, *, timeout: float, deadline: float) -> None:
+        super().__init__()
+        self._sock, self._timeout, self._deadline = sock, timeout, deadline
+        self._raw = sock.makefile("rb", buffering=0)  # keeps the socket open until this is closed
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int | None:
+        self._sock.settimeout(_time_left(self._deadline, self._timeout))
+        return self._raw.readinto(buffer)
+
+    def close(self) -> None:
+        if not self.closed:
+            self._raw.close()
+        super().close()
+
+
+class _DeadlineSocket:
+    """What ``http.client`` uses of a connected socket (``sendall``, ``makefile``, ``close``),
+    with every operation bounded by the deadline."""
+
+    def __init__(self, sock: socket.socket, *, timeout: float, deadline: float) -> None:
+        self.sock, self._timeout, self._deadline = sock, timeout, deadline
+
+    def sendall(self, data: Any) -> None:
+        view = memoryview(data).cast("B")
+        while view:  # send() rather than sendall(): an SSL socket's sendall waits per chunk
+            self.sock.settimeout(_time_left(self._deadline, self._timeout))
+            view = view[self.sock.send(view) :]
+
+    def makefile(self, mode: str = "rb", *args: Any, **kwargs: Any) -> io.BufferedReader:
+        if mode != "rb":
+            raise ValueError("only reading is bounded")
+        return io.BufferedReader(_DeadlineReader(self.sock, timeout=self._timeout, deadline=self._deadline))
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def _connect_bounded(connection: http.client.HTTPConnection, *, deadline: float) -> tuple[socket.socket, float]:
+    """``HTTPConnection.connect``, within the deadline: to ``connection.host`` (the proxy, when
+    there is one), then through the CONNECT tunnel urllib set up for https through a proxy, whose
+    answer is read within the deadline too. Returns the TCP socket and the per-operation timeout."""
+    timeout = connection.timeout if isinstance(connection.timeout, int | float) else 60.0
+    raw = _connect(connection.host, connection.port, timeout=timeout, deadline=deadline)
+    connection.sock = _DeadlineSocket(raw, timeout=timeout, deadline=deadline)
+    if connection._tunnel_host:  # type: ignore[attr-defined]
+        connection._tunnel()  # type: ignore[attr-defined]
+    return raw, timeout
+
+
+class _DeadlineHTTPConnection(http.client.HTTPConnection):
+    def __init__(self, *args: Any, deadline: float, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.deadline = deadline
+
+    def connect(self) -> None:
+        _connect_bounded(self, deadline=self.deadline)
+
+
+class _DeadlineHTTPSConnection(http.client.HTTPSConnection):
+    def __init__(self, *args: Any, deadline: float, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.deadline = deadline
+
+    def connect(self) -> None:
+        raw, timeout = _connect_bounded(self, deadline=self.deadline)
+        # The handshake as a whole waits at most the socket's timeout. The certificate is checked
+        # against the URL's host name (the tunnel's, through a proxy), as http.client does. On a
+        # failure urllib closes the connection, and with it the socket.
+        raw.settimeout(_time_left(self.deadline, timeout))
+        server_hostname = self._tunnel_host or self.host  # type: ignore[attr-defined]
+        tls = self._context.wrap_socket(raw, server_hostname=server_hostname)  # type: ignore[attr-defined]
+        self.sock = _DeadlineSocket(tls, timeout=timeout, deadline=self.deadline)
+
+
+class _DeadlineHTTPHandler(urllib.request.HTTPHandler):
+    def __init__(self, *, deadline: float) -> None:
+        super().__init__()
+        self._deadline = deadline
+
+    def http_open(self, req: urllib.request.Request) -> http.client.HTTPResponse:
+        return self.do_open(_DeadlineHTTPConnection, req, deadline=self._deadline)  # type: ignore[arg-type]
+
+
+class _DeadlineHTTPSHandler(urllib.request.HTTPSHandler):
+    def __init__(self, *, deadline: float) -> None:
+        super().__init__()
+        self._deadline = deadline
+
+    def https_open(self, req: urllib.request.Request) -> http.client.HTTPResponse:
+        return self.do_open(_DeadlineHTTPSConnection, req, deadline=self._deadline)  # type: ignore[arg-type]
 
 
 def _mine(item: ClaimedDelivery) -> QuerySet[AnswerDelivery]:
@@ -322,14 +520,28 @@ def _hand_back(item: ClaimedDelivery, *, delay: float) -> None:
 def delivery_retry(*, delivery: AnswerDelivery) -> AnswerDelivery:
     """Send a failed delivery again: back to ``pending``, due now, with its attempts reset.
     ``Conflict`` when it is not failed (a delivered one is never sent twice; a pending one is on
-    its way) or when the cluster has been answered again since (the member has a delivery of the
-    newer answer; the old one must not follow it)."""
+    its way), when the cluster has been answered again since (the member has a delivery of the
+    newer answer; the old one must not follow it), when the message's conversation has been
+    deleted, or when the message is no longer a member of the delivery's cluster (removed,
+    split off or merged away: the answer is not its answer any more).
+
+    The checks run under the tenant's clustering lock, which every change of membership holds
+    until it commits (deleting a conversation takes its messages out of their clusters under it),
+    so none of them can go stale before this transaction commits."""
+    tenant_id = AnswerDelivery.objects.filter(pk=delivery.pk).values_list("tenant_id", flat=True).first()
+    if tenant_id is None:
+        raise NotFound("Delivery not found.")
+    tenants_clustering_lock(tenant_ids=[tenant_id])
     locked = AnswerDelivery.objects.select_for_update().get(pk=delivery.pk)
     if locked.status != DeliveryStatus.FAILED:
         raise Conflict(f"Only a failed delivery can be retried; this one is {locked.status}.")
     current = Cluster.objects.filter(pk=locked.cluster_id).values_list("answer_version", flat=True).first()
     if current is not None and current > locked.answer_version:
         raise Conflict("This delivery's answer has been superseded by a newer answer of the cluster.")
+    if Conversation.objects.filter(messages=locked.message_id, deleted_at__isnull=False).exists():
+        raise Conflict("The message's conversation has been deleted: its answer is not sent.")
+    if not ClusterMembership.objects.filter(message_id=locked.message_id, cluster_id=locked.cluster_id).exists():
+        raise Conflict("The message is no longer in this delivery's cluster: its answer is not sent.")
     AnswerDelivery.objects.filter(pk=locked.pk).update(
         status=DeliveryStatus.PENDING, attempts=0, next_attempt_at=Now(), claimed_at=None, last_error=""
     )
@@ -382,8 +594,14 @@ def delivery_endpoint_set(
 ) -> EndpointChange:
     """Create or change the tenant's webhook endpoint. The signing secret is made on creation
     and on ``rotate_secret``, and returned only then (it is never shown again). An active
-    endpoint starts taking the tenant's pending deliveries (those it had left to pull too)."""
+    endpoint starts taking the tenant's pending deliveries (those it had left to pull too).
+
+    Two first calls at once must not both insert (one endpoint per tenant): ``FOR UPDATE`` on
+    an endpoint that does not exist yet locks nothing, so the tenant's row is locked first
+    (``FOR NO KEY UPDATE``: it does not hold up rows that merely reference the tenant). The
+    second call waits, then finds and changes the endpoint the first one made."""
     webhook_url_validate(url)
+    Tenant.objects.select_for_update(no_key=True).only("pk").get(pk=tenant.pk)
     endpoint = DeliveryEndpoint.objects.select_for_update().filter(tenant=tenant).first()
     secret = None
     created = endpoint is None

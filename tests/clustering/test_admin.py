@@ -29,9 +29,10 @@ from clustering.models import (
     DeliveryStatus,
     JoinMethod,
 )
-from clustering.services.moderation import SYSTEM, cluster_answer, cluster_archive
+from clustering.services.moderation import SYSTEM, cluster_answer, cluster_archive, cluster_split
 from conversations import admin as convo_admin
 from conversations.models import Message, Tenant
+from conversations.services.conversations import conversation_soft_delete
 from tests.clustering.conftest import Inbound, cluster_of
 from tests.factories import TenantFactory
 
@@ -742,6 +743,31 @@ def test_retry_selected_goes_through_the_service(
     (success, error) = _flash(response)
     assert success == ("success", "Queued 1 delivery(ies) to be sent again.")
     assert error[0] == "error" and "Only a failed delivery can be retried" in error[1]
+
+
+def test_retry_selected_refuses_a_deleted_conversation_and_a_message_split_off(
+    admin_client: Client, shop: Cluster
+) -> None:
+    cluster_answer(cluster=shop, answer="Yes.", actor=SYSTEM)
+    deliveries = list(AnswerDelivery.objects.filter(cluster=shop).order_by("id"))
+    AnswerDelivery.objects.filter(cluster=shop).update(status=DeliveryStatus.FAILED, attempts=8, last_error="HTTP 500")
+    deleted, split_off, kept = deliveries
+    conversation_soft_delete(conversation=Message.objects.get(pk=deleted.message_id).conversation)
+    cluster_split(cluster=shop, message_ids=[split_off.message_id], actor=SYSTEM)
+
+    response = admin_client.post(
+        DELIVERIES,
+        {"action": "retry_selected", "index": "0", "_selected_action": [str(d.pk) for d in deliveries]},
+        follow=True,
+    )
+
+    (success, error) = _flash(response)
+    assert success == ("success", "Queued 1 delivery(ies) to be sent again.")
+    assert error[0] == "error"
+    assert f"{deleted.pk}: The message's conversation has been deleted" in error[1]
+    assert f"{split_off.pk}: The message is no longer in this delivery's cluster" in error[1]
+    statuses = dict(AnswerDelivery.objects.filter(cluster=shop).values_list("pk", "status"))
+    assert statuses == {deleted.pk: "failed", split_off.pk: "failed", kept.pk: "pending"}
 
 
 def test_endpoint_secret_is_made_by_the_service_and_shown_once(

@@ -7,7 +7,10 @@ import hashlib
 import hmac
 import json
 import math
+import shutil
 import socket
+import ssl
+import subprocess
 import threading
 import time
 from collections import deque
@@ -38,6 +41,7 @@ from clustering.services.webhooks import (
     _Failure,
     _finish_delivered,
     _finish_failed,
+    _post,
     deliveries_send_due,
     delivery_backoff_seconds,
     delivery_retry,
@@ -47,6 +51,7 @@ from clustering.services.webhooks import (
 from clustering.tasks import send_due_deliveries
 from conversations.embeddings import get_embedder
 from conversations.models import Channel, Message, Tenant
+from conversations.services.conversations import conversation_soft_delete
 from conversations.services.embedding_spaces import embedding_space_for
 from convo.errors import Conflict
 from tests.factories import ConversationFactory, MessageFactory, TenantFactory
@@ -125,8 +130,13 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 @contextmanager
-def running_receiver() -> Iterator[Receiver]:
+def running_receiver(*, tls: tuple[str, str] | None = None) -> Iterator[Receiver]:
+    """A ``Receiver``; with ``tls`` (certificate file, key file) it speaks https."""
     server = Receiver()
+    if tls is not None:
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(*tls)
+        server.socket = context.wrap_socket(server.socket, server_side=True)
     threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
     try:
         yield server
@@ -139,6 +149,85 @@ def running_receiver() -> Iterator[Receiver]:
 def receiver() -> Iterator[Receiver]:
     with running_receiver() as server:
         yield server
+
+
+class Trickler:
+    """An endpoint that reads the request, then sends its answer's status line and headers one
+    byte every ``every`` seconds, for up to ``for_seconds`` (then the rest at once: a 200). Each
+    byte comes well within any per-operation timeout: only a deadline on the whole request stops
+    waiting for it sooner."""
+
+    def __init__(self, *, every: float, for_seconds: float) -> None:
+        self.every, self.for_seconds = every, for_seconds
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.listener.settimeout(0.05)
+        self.requests = 0
+        self.stopped = threading.Event()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.listener.getsockname()[1]}/hooks/convo"
+
+    def serve(self) -> None:
+        while not self.stopped.is_set():
+            try:
+                conn, _ = self.listener.accept()
+            except TimeoutError:
+                continue
+            threading.Thread(target=self._answer, args=(conn,), daemon=True).start()
+
+    def _answer(self, conn: socket.socket) -> None:
+        with conn:
+            conn.settimeout(5.0)
+            request = b""
+            while b"\r\n\r\n" not in request:
+                chunk = conn.recv(65536)
+                if not chunk:
+                    return
+                request += chunk
+            self.requests += 1
+            answer = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nX-Slow: " + b"." * 200 + b"\r\n\r\n{}"
+            ends = time.monotonic() + self.for_seconds
+            try:
+                for at in range(len(answer)):
+                    if time.monotonic() >= ends or self.stopped.is_set():
+                        conn.sendall(answer[at:])
+                        return
+                    conn.sendall(answer[at : at + 1])
+                    time.sleep(self.every)
+            except OSError:
+                pass  # the sender gave up and closed the connection
+
+
+@contextmanager
+def trickling_endpoint(*, every: float = 0.2, for_seconds: float = 6.0) -> Iterator[Trickler]:
+    server = Trickler(every=every, for_seconds=for_seconds)
+    thread = threading.Thread(target=server.serve, daemon=True)
+    thread.start()
+    try:
+        yield server
+    finally:
+        server.stopped.set()
+        thread.join()
+        server.listener.close()
+
+
+@pytest.fixture(scope="module")
+def tls_files(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
+    """A self-signed certificate for ``localhost`` only (not for 127.0.0.1), and its key."""
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        pytest.skip("the openssl command is needed to make a test certificate")
+    folder = tmp_path_factory.mktemp("tls")
+    cert, key = str(folder / "cert.pem"), str(folder / "key.pem")
+    subprocess.run(
+        [openssl, "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+         "-keyout", key, "-out", cert, "-days", "2", "-subj", "/CN=localhost",
+         "-addext", "subjectAltName=DNS:localhost"],
+        check=True,
+        capture_output=True,
+    )  # fmt: skip
+    return cert, key
 
 
 @pytest.fixture(autouse=True)
@@ -494,8 +583,8 @@ def test_a_stale_sender_cannot_record_an_outcome(tenant: Tenant, receiver: Recei
 def test_a_claim_about_to_outlive_its_lease_is_handed_back_unsent(
     tenant: Tenant, receiver: Receiver, delivery_settings: Any
 ) -> None:
-    delivery_settings.DELIVERY_LEASE_SECONDS = 1.0
-    delivery_settings.DELIVERY_TIMEOUT_SECONDS = 0.45  # a POST may take 0.9 s: only the first fits
+    delivery_settings.DELIVERY_LEASE_SECONDS = 1.0  # 0.95 s of it for POSTs (a 5% margin records the outcome)
+    delivery_settings.DELIVERY_TIMEOUT_SECONDS = 0.4  # a POST may take 0.8 s: only the first fits
     endpoint_for(tenant, receiver.url)
     answered_cluster(tenant, members=3)
     receiver.default = Reply(delay=0.2)
@@ -509,12 +598,110 @@ def test_a_claim_about_to_outlive_its_lease_is_handed_back_unsent(
     assert deliveries_send_due() == 2  # still due: the next run sends them
 
 
-def test_lease_must_outlast_a_request(delivery_settings: Any) -> None:
+@pytest.mark.parametrize("lease", [4.0, 4.2])  # a request takes up to 4 s; the lease keeps a 5% margin
+def test_lease_must_outlast_a_request(delivery_settings: Any, lease: float) -> None:
     from django.core.exceptions import ImproperlyConfigured
 
-    delivery_settings.DELIVERY_LEASE_SECONDS = 4.0
+    delivery_settings.DELIVERY_LEASE_SECONDS = lease
     with pytest.raises(ImproperlyConfigured):
         deliveries_send_due()
+
+
+# --- the deadline of one POST ------------------------------------------------------------------------
+
+
+def test_a_trickling_endpoint_cannot_hold_a_post_past_its_deadline(tenant: Tenant, delivery_settings: Any) -> None:
+    """Every header byte comes within the 0.5 s socket timeout, but the POST as a whole ends at
+    its 1 s deadline (2 x the timeout): a retryable timeout, and the endpoint's other delivery waits."""
+    delivery_settings.DELIVERY_TIMEOUT_SECONDS = 0.5
+    with trickling_endpoint(every=0.2, for_seconds=6.0) as endpoint:
+        endpoint_for(tenant, endpoint.url)
+        answered_cluster(tenant, members=2)
+
+        started = time.monotonic()
+        assert deliveries_send_due() == 2
+        elapsed = time.monotonic() - started
+
+    assert 0.9 <= elapsed < 1.8, elapsed  # the deadline ended it, not a socket timeout, nor the endpoint
+    assert endpoint.requests == 1
+    tried, waiting = sorted(AnswerDelivery.objects.all(), key=lambda d: -d.attempts)
+    assert (tried.status, tried.attempts, tried.claimed_at) == ("pending", 1, None)
+    assert tried.last_error == "attempt 1: could not reach the endpoint: timed out"
+    assert wait_of(tried) == 5
+    assert (waiting.status, waiting.attempts, wait_of(waiting)) == ("pending", 0, 5)
+
+
+def test_the_post_ends_by_the_deadline_it_is_given(tenant: Tenant) -> None:
+    """The sender passes min(2 x timeout, what is left of the lease - margin): the POST keeps to
+    it even when it is shorter than the socket timeout."""
+    with trickling_endpoint(every=0.1, for_seconds=6.0) as endpoint:
+        endpoint_for(tenant, endpoint.url)
+        answered_cluster(tenant, members=1)
+        [item], _ = _claim(limit=1)
+
+        started = time.monotonic()
+        failure = _post(item, timeout=5.0, deadline=started + 0.5)
+        elapsed = time.monotonic() - started
+
+    assert failure == _Failure("could not reach the endpoint: timed out", endpoint_down=True)
+    assert 0.45 <= elapsed < 1.0, elapsed
+
+
+def test_a_slow_host_name_lookup_counts_against_the_deadline(
+    tenant: Tenant, delivery_settings: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """getaddrinfo has no timeout of its own: a resolver that hangs must not hold the POST."""
+    delivery_settings.DELIVERY_TIMEOUT_SECONDS = 0.5
+    resolver_answers = threading.Event()
+    real_getaddrinfo = socket.getaddrinfo
+
+    def hanging_resolver(host: Any, *args: Any, **kwargs: Any) -> Any:
+        if host == "slow-dns.example":
+            resolver_answers.wait(6.0)
+            raise socket.gaierror(socket.EAI_AGAIN, "Temporary failure in name resolution")
+        return real_getaddrinfo(host, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", hanging_resolver)
+    endpoint_for(tenant, "http://slow-dns.example/hooks/convo")
+    answered_cluster(tenant, members=1)
+
+    started = time.monotonic()
+    try:
+        assert deliveries_send_due() == 1
+    finally:
+        elapsed = time.monotonic() - started
+        resolver_answers.set()
+
+    assert elapsed < 1.8, elapsed
+    delivery = AnswerDelivery.objects.get()
+    assert (delivery.status, delivery.attempts) == ("pending", 1)
+    assert delivery.last_error == "attempt 1: could not reach the endpoint: timed out"
+
+
+def test_https_endpoints_are_verified_against_the_urls_host(
+    tenant: Tenant, tls_files: tuple[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cert, _ = tls_files
+    monkeypatch.setenv("SSL_CERT_FILE", cert)  # trust the test certificate (read per connection)
+    with running_receiver(tls=tls_files) as receiver:
+        port = receiver.server_address[1]
+        endpoint_for(tenant, f"https://localhost:{port}/hooks/convo")
+        answered_cluster(tenant, members=1)
+
+        assert deliveries_send_due() == 1
+
+        [got] = receiver.received
+        assert webhook_signature_verify(secret=SECRET, header=got.headers["convo-signature"], body=got.body)
+        assert AnswerDelivery.objects.get().status == "delivered"
+
+        # The same server by its address: the certificate names localhost only, so it is refused.
+        DeliveryEndpoint.objects.filter(tenant=tenant).update(url=f"https://127.0.0.1:{port}/hooks/convo")
+        answered_cluster(tenant, members=1)
+        assert deliveries_send_due() == 1
+
+    refused = AnswerDelivery.objects.get(status="pending")
+    assert refused.attempts == 1 and "CERTIFICATE_VERIFY_FAILED" in refused.last_error
+    assert len(receiver.received) == 1
 
 
 def test_sending_refuses_to_run_inside_a_transaction(tenant: Tenant) -> None:
@@ -607,6 +794,34 @@ def test_retry_refuses_pending_and_superseded_deliveries(tenant: Tenant) -> None
     assert old.status == "failed"
     with pytest.raises(Conflict, match="superseded"):
         delivery_retry(delivery=old)
+
+
+def test_retry_refuses_a_delivery_whose_conversation_was_deleted(tenant: Tenant) -> None:
+    _, messages = answered_cluster(tenant, members=2)
+    conversation_soft_delete(conversation=messages[0].conversation)  # fails its pending delivery
+    gone = AnswerDelivery.objects.get(message=messages[0])
+    assert (gone.status, gone.last_error) == ("failed", "the conversation was deleted")
+
+    with pytest.raises(Conflict, match="conversation has been deleted"):
+        delivery_retry(delivery=gone)
+
+    gone.refresh_from_db()
+    assert (gone.status, gone.last_error) == ("failed", "the conversation was deleted")
+
+
+def test_retry_refuses_a_delivery_whose_message_left_the_cluster(tenant: Tenant) -> None:
+    cluster, messages = answered_cluster(tenant, members=2)
+    other, _ = answered_cluster(tenant, members=1, answer="Somewhere else.")
+    AnswerDelivery.objects.update(status=DeliveryStatus.FAILED, last_error="attempt 8: the endpoint answered 500")
+    moved, stayed = (AnswerDelivery.objects.get(message=m, cluster=cluster) for m in messages)
+    ClusterMembership.objects.filter(message=messages[0]).update(cluster=other)  # moved by a moderator
+
+    with pytest.raises(Conflict, match="no longer in this delivery's cluster"):
+        delivery_retry(delivery=moved)
+    moved.refresh_from_db()
+    assert moved.status == "failed"
+
+    assert delivery_retry(delivery=stayed).status == "pending"  # its message is still a member
 
 
 # --- concurrency -------------------------------------------------------------------------------------

@@ -3,18 +3,23 @@ limits, and tenant isolation, against the real database."""
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from django.db import connection
+from django.db import connection, transaction
 from django.test.utils import CaptureQueriesContext
 from rest_framework.test import APIClient
 
-from clustering.models import AnswerDelivery, DeliveryEndpoint, DeliveryStatus
+from clustering.models import AnswerDelivery, ClusterMembership, DeliveryEndpoint, DeliveryStatus
 from clustering.services.webhooks import deliveries_send_due, webhook_signature_verify
 from conversations.models import Tenant
+from conversations.services.conversations import conversation_soft_delete
 from tests.clustering.test_deliveries import Receiver, Reply, answered_cluster, running_receiver
+from tests.conftest import client_for
+from tests.factories import TenantFactory
 
 pytestmark = pytest.mark.django_db
 
@@ -77,10 +82,66 @@ def test_list_filters_and_pages(api: APIClient, tenant: Tenant) -> None:
     assert seen == [str(pk) for pk in AnswerDelivery.objects.order_by("created_at", "id").values_list("pk", flat=True)]
 
 
+def walk(
+    api: APIClient, url: str | None, *, direction: str = "next", limit: int = 50
+) -> tuple[list[list[str]], dict[str, Any]]:
+    """The ids of each page from ``url`` on, following ``direction`` links, and the body of the
+    last page; fails past ``limit`` pages (a walk that never ends)."""
+    pages: list[list[str]] = []
+    body: dict[str, Any] = {}
+    while url:
+        assert len(pages) < limit, "the pages never end"
+        response = api.get(url)
+        assert response.status_code == 200, response.content
+        body = response.json()
+        pages.append([item["id"] for item in body["results"]])
+        url = body[direction]
+    return pages, body
+
+
+def test_pages_of_one_fan_out_visit_each_delivery_once_both_ways(api: APIClient, tenant: Tenant) -> None:
+    answered_cluster(tenant, members=30)  # one transaction: 30 deliveries with one created_at
+    assert AnswerDelivery.objects.values("created_at").distinct().count() == 1
+    expected = [str(pk) for pk in AnswerDelivery.objects.order_by("created_at", "id").values_list("pk", flat=True)]
+
+    pages, last = walk(api, "/api/v1/deliveries?status=pending&page_size=4")
+
+    assert [len(page) for page in pages] == [4] * 7 + [2]
+    assert [pk for page in pages for pk in page] == expected
+    assert "page_size=4" in last["previous"] and "status=pending" in last["previous"]
+    back, _ = walk(api, last["previous"], direction="previous")
+    assert back[::-1] == pages[:-1]
+
+
+def test_pages_end_however_many_deliveries_share_a_created_at(api: APIClient, tenant: Tenant) -> None:
+    """More ties than DRF's cursor offset cap (1000): every delivery once, and the walk ends."""
+    answered_cluster(tenant, members=1)
+    first = AnswerDelivery.objects.get()
+    with connection.cursor() as cursor:  # 1200 more answers of the same message, made at the same instant
+        cursor.execute(
+            """
+            INSERT INTO clustering_answerdelivery
+                (id, tenant_id, cluster_id, message_id, answer_version, kind, answer, status, attempts,
+                 next_attempt_at, last_error, created_at)
+            SELECT gen_random_uuid(), d.tenant_id, d.cluster_id, d.message_id, v, d.kind, d.answer, d.status, 0,
+                   d.next_attempt_at, '', d.created_at
+              FROM clustering_answerdelivery AS d, generate_series(2, 1201) AS v WHERE d.id = %s
+            """,
+            [first.pk],
+        )
+    assert AnswerDelivery.objects.filter(created_at=first.created_at).count() == 1201
+
+    pages, _ = walk(api, "/api/v1/deliveries?page_size=200")
+
+    seen = [pk for page in pages for pk in page]
+    assert len(pages) == 7 and len(seen) == len(set(seen)) == 1201
+
+
 @pytest.mark.parametrize(
     ("query", "field"),
     [("status=sent", "status"), ("kind=reply", "kind"), ("cluster_id=nope", "cluster_id"),
-     ("message_id=1", "message_id"), ("page_size=0", "page_size"), ("page_size=201", "page_size")],
+     ("message_id=1", "message_id"), ("page_size=0", "page_size"), ("page_size=201", "page_size"),
+     ("cursor=not-a-cursor", "cursor"), ("cursor=e30", "cursor")],
 )  # fmt: skip
 def test_bad_list_filters_name_the_field(api: APIClient, tenant: Tenant, query: str, field: str) -> None:
     answered_cluster(tenant, members=1)
@@ -217,6 +278,26 @@ def test_retry_endpoint(api: APIClient, tenant: Tenant) -> None:
     assert api.post("/api/v1/deliveries/00000000-0000-0000-0000-000000000000/retry").status_code == 404
 
 
+def test_retry_refuses_a_deleted_conversation_and_a_message_that_left_the_cluster(
+    api: APIClient, tenant: Tenant
+) -> None:
+    cluster, messages = answered_cluster(tenant, members=3)
+    other, _ = answered_cluster(tenant, members=1, answer="Elsewhere.")
+    AnswerDelivery.objects.filter(cluster=cluster).update(status="failed", attempts=8, last_error="gave up")
+    deleted, moved, kept = (AnswerDelivery.objects.get(message=m, cluster=cluster) for m in messages)
+    conversation_soft_delete(conversation=messages[0].conversation)
+    ClusterMembership.objects.filter(message=messages[1]).update(cluster=other)  # moved by a moderator
+
+    for delivery, reason in ((deleted, "conversation has been deleted"), (moved, "no longer in this delivery's")):
+        response = api.post(f"/api/v1/deliveries/{delivery.pk}/retry")
+        assert response.status_code == 409, response.content
+        assert response.json()["error"]["code"] == "conflict" and reason in response.json()["error"]["message"]
+        delivery.refresh_from_db()
+        assert (delivery.status, delivery.attempts) == ("failed", 8)
+
+    assert api.post(f"/api/v1/deliveries/{kept.pk}/retry").json()["status"] == "pending"
+
+
 # --- the webhook endpoint ----------------------------------------------------------------------------
 
 
@@ -273,3 +354,65 @@ def test_the_returned_secret_verifies_what_is_sent(api: APIClient, tenant: Tenan
     assert webhook_signature_verify(secret=secret, header=got.headers["convo-signature"], body=got.body)
     body = api.get(f"/api/v1/deliveries/{got.json['delivery_id']}").json()
     assert body["status"] == "delivered" and body["attempts"] == 1 and body["delivered_at"] is not None
+
+
+def _wait_for_lock_waiters(count: int, *, timeout: float = 10.0) -> None:
+    """Until ``count`` other sessions of this database wait for a lock."""
+    ends = time.monotonic() + timeout
+    with connection.cursor() as cursor:
+        while True:
+            cursor.execute("SELECT pg_stat_clear_snapshot()")  # a transaction would see one snapshot
+            cursor.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'"
+            )
+            (waiting,) = cursor.fetchone()
+            if waiting >= count:
+                return
+            assert time.monotonic() < ends, f"{waiting} of {count} sessions wait for a lock"
+            time.sleep(0.02)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_two_first_puts_at_once_both_succeed_and_make_one_endpoint() -> None:
+    tenant = TenantFactory()
+    clients = [client_for(tenant), client_for(tenant)]
+    for client in clients:  # authenticated once before the race (the key lookups are cached)
+        assert client.get("/api/v1/delivery-endpoint").status_code == 404
+    answers: dict[int, Any] = {}
+
+    def put(index: int) -> None:
+        try:
+            answers[index] = clients[index].put(
+                "/api/v1/delivery-endpoint", {"url": f"https://chat.example.com/hook/{index}"}, format="json"
+            )
+        except BaseException as exc:  # surfaced below: a thread's failure must fail the test
+            answers[index] = exc
+        finally:
+            connection.close()  # each thread has its own connection
+
+    threads = [threading.Thread(target=put, args=(index,)) for index in range(2)]
+    # Holding the tenant's row makes the two requests overlap: each has looked for an endpoint
+    # (and found none) or waits to, when the row is let go.
+    with transaction.atomic():
+        Tenant.objects.select_for_update().get(pk=tenant.pk)
+        for thread in threads:
+            thread.start()
+        _wait_for_lock_waiters(2)
+    for thread in threads:
+        thread.join(30)
+
+    statuses = sorted(getattr(answer, "status_code", repr(answer)) for answer in answers.values())
+    assert statuses == [200, 201]
+    endpoint = DeliveryEndpoint.objects.get(tenant=tenant)
+    second = next(answer for answer in answers.values() if answer.status_code == 200)
+    assert endpoint.url == second.json()["url"]  # the later PUT changed the endpoint the first one made
+
+
+def test_the_schema_documents_the_list_as_one_page(client: Any) -> None:
+    import yaml
+
+    schema = yaml.safe_load(client.get("/api/schema/").content)
+    ok = schema["paths"]["/api/v1/deliveries"]["get"]["responses"]["200"]["content"]["application/json"]["schema"]
+    assert ok == {"$ref": "#/components/schemas/PaginatedDeliveryList"}  # a page, not a list of pages
+    page = schema["components"]["schemas"]["PaginatedDeliveryList"]
+    assert set(page["properties"]) == {"next", "previous", "results"}
