@@ -11,7 +11,10 @@ or SIGTERM (``--keep`` keeps them). docs/benchmarks.md shows the figures and how
    clusters in the tenant. The clusters are bulk-loaded by COPY: random unit directions in the
    active embedding space (its dimensions), heavy-tailed sizes, real member messages and
    memberships, a tenth of them answered. Half of the timed messages lie near an existing
-   cluster (they join it, by vector), half point anywhere (they start a cluster).
+   cluster (they join it, by vector), half point anywhere (they start a cluster). Then, on the
+   same tenant, batches of ``EMBEDDING_BATCH_SIZE`` messages per transaction (what the worker
+   does), reported per message, and a few messages each assigned with no cluster matrix in the
+   process (a worker's first batch for a tenant: the matrix is loaded whole).
 2. Listing a first page: what the list view does without DRF (the list selectors and the JSON
    rendering) in-process, and ``GET /api/v1/clusters`` through DRF's ``APIClient`` in-process
    (no sockets), with the list cache off and on, over 100 and 1000 clusters.
@@ -54,6 +57,7 @@ from clustering.demo import LabelledText, banking77_test
 from clustering.metrics import adjusted_rand_index, clusters_covering, normalized_mutual_info, purity
 from clustering.models import Cluster, ClusteringPolicy, ClusterMembership, ClusterStatus, JoinMethod
 from clustering.services.assignment import EmbeddedMessage, clusters_assign_embedded, text_key
+from clustering.services.matrix import ROW_COLUMNS, ClusterMatrix, cluster_matrices_clear
 from conversations.embeddings import get_embedder
 from conversations.management.commands.convo_benchmark_ingest import (
     _benchmark_kicks_delete,
@@ -105,8 +109,13 @@ _ASSIGNMENT_SETTINGS = (
     "CLUSTER_CANDIDATES",
     "CLUSTER_TEXT_SIMILARITY_THRESHOLD",
     "CLUSTER_SHORT_MESSAGE_CHARS",
+    "CLUSTER_MATRIX_MAX_CLUSTERS",
+    "CLUSTER_MATRIX_CACHE_ENTRIES",
+    "CLUSTER_MATRIX_CACHE_MB",
+    "CLUSTER_HNSW_INDEX",
     "CLUSTER_EXACT_SCAN_MAX",
 )
+COLD_MESSAGES = 5  # messages assigned each with no matrix in the process
 
 
 @dataclass(frozen=True)
@@ -212,6 +221,13 @@ class ClusteringBenchmark:
         if space is None:  # a fresh database: the configured model's space becomes the active one
             space = embedding_space_for(embedder=get_embedder(), config=settings.EMBEDDINGS)
         self.write(f"  active embedding space: {space.model_id} ({space.dimensions} dimensions, id {space.pk})")
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT 1 FROM pg_indexes WHERE indexname = %s", [f"cluster_hnsw_space_{space.pk}"])
+            present = cursor.fetchone() is not None
+        self.write(
+            f"  HNSW index over its clusters (cluster_hnsw_space_{space.pk}): "
+            + ("present: every cluster write updates it" if present else "absent")
+        )
         return space
 
     # --- 1. assignment latency ----------------------------------------------------------------
@@ -226,13 +242,12 @@ class ClusteringBenchmark:
         # assignment keeps (e.g. a mean to centre on) leave its warm-up rule behind.
         warmup = max(self.plan.warmup, int(getattr(settings, "CLUSTER_CENTERING_MIN_MESSAGES", 0)))
         n = warmup + self.plan.messages
-        joins = np.arange(n) % 2 == 0
-        targets = rng.integers(0, size, n)
-        vectors = rng.standard_normal((n, space.dimensions)).astype(np.float32)
-        vectors[joins] = centroids[targets[joins]] + NEAR_SIGMA * vectors[joins]
-        vectors = _unit_rows(vectors)
-        texts = _texts(n, seed=SEED + size, suffix=self.run_id)
-        items = self._embedded_messages(tenant, space, texts, vectors)
+        items = self._near_or_anywhere(tenant, space, centroids, rng, n, seed=SEED + size, suffix=self.run_id)
+        batch = max(1, int(settings.EMBEDDING_BATCH_SIZE))
+        batches = max(20, self.plan.messages // 4)
+        later = self._near_or_anywhere(
+            tenant, space, centroids, rng, batch * batches + COLD_MESSAGES, seed=SEED - size, suffix=f"{self.run_id}b"
+        )
         _analyze()
 
         methods: Counter[str] = Counter()
@@ -240,7 +255,7 @@ class ClusteringBenchmark:
         commits: list[float] = []
         timer = StatementTimer()
         cpu = cpu_times()
-        with connection.execute_wrapper(timer):
+        with connection.execute_wrapper(timer), _timing_matrix_search(timer):
             for position, item in enumerate(items):
                 timer.start_message()
                 start = time.perf_counter()
@@ -276,7 +291,25 @@ class ClusteringBenchmark:
         self._add(
             LatencyRow(
                 "1",
-                "  of which the nearest-cluster search (SELECT … <=>)",
+                "  of which the reads under the tenant's lock",
+                size,
+                summarize(timer.samples[TENANT_READS]),
+                "one round trip: the lock, thresholds, running mean, exact twins, the matrix's catch-up read",
+            )
+        )
+        self._add(
+            LatencyRow(
+                "1",
+                "  of which the in-process search (numpy over the matrix)",
+                size,
+                summarize(timer.samples[IN_PROCESS]),
+                "every joinable cluster: a float32 pass, then float64 on the rows it cannot rule out",
+            )
+        )
+        self._add(
+            LatencyRow(
+                "1",
+                "  of which the nearest-cluster search in SQL (SELECT … <=>)",
                 size,
                 summarize(timer.samples[SEARCH]),
                 _plan(timer.last_search),
@@ -285,10 +318,10 @@ class ClusteringBenchmark:
         self._add(
             LatencyRow(
                 "1",
-                "  of which cluster writes (INSERT/UPDATE of clusters)",
+                "  of which cluster writes (join or found, with the membership)",
                 size,
                 summarize(timer.samples[CLUSTER_WRITES]),
-                "a new vector_sum is a new row version: every index of it, HNSW too, is updated",
+                "one statement (with the running mean's upsert); a new row version: every index is updated",
             )
         )
         self._add(
@@ -300,19 +333,83 @@ class ClusteringBenchmark:
                 f"{statistics.median(timer.counts):.0f} statements per message in all (median)",
             )
         )
-        in_statements = [sum(values) for values in zip(*timer.samples.values(), strict=True)]
+        measured = [sum(values) for values in zip(*timer.samples.values(), strict=True)]
         self._add(
             LatencyRow(
                 "1",
                 "  of which Python between the statements",
                 size,
                 summarize(
-                    [total - commit - sql for total, commit, sql in zip(samples, commits, in_statements, strict=True)]
+                    [total - commit - known for total, commit, known in zip(samples, commits, measured, strict=True)]
                 ),
-                "the rest: scoring, ORM objects, the transaction",
+                "the rest: scoring arithmetic, rules, the transaction",
+            )
+        )
+
+        per_message: list[float] = []
+        batched: Counter[str] = Counter()
+        with connection.cursor() as cursor:
+            cursor.execute(
+                f"SELECT count(*) FROM {Cluster._meta.db_table} "
+                "WHERE tenant_id = %s AND status IN ('open', 'answered')",
+                [tenant.pk],
+            )
+            joinable = int(cursor.fetchone()[0])
+        for start_at in range(0, batch * batches, batch):
+            chunk = later[start_at : start_at + batch]
+            began = time.perf_counter()
+            with transaction.atomic():
+                done = clusters_assign_embedded(space=space, items=chunk)
+            per_message.append((time.perf_counter() - began) / len(chunk))
+            batched.update(assignment.method for assignment in done)
+        self._add(
+            LatencyRow(
+                "1",
+                f"clusters_assign_embedded, batch of {batch} per transaction, per message",
+                size,
+                summarize(per_message),
+                f"n = batches; {joinable:,} joinable clusters at the start; "
+                + ", ".join(f"{count} {method}" for method, count in sorted(batched.items())),
+            )
+        )
+
+        cold: list[float] = []
+        for item in later[batch * batches :]:
+            cluster_matrices_clear()
+            began = time.perf_counter()
+            with transaction.atomic():
+                clusters_assign_embedded(space=space, items=[item])
+            cold.append(time.perf_counter() - began)
+        self._add(
+            LatencyRow(
+                "1",
+                "1 message, no matrix in the process yet (full load)",
+                size,
+                summarize(cold),
+                "a worker's first batch for the tenant, or after its matrix was dropped (LRU, cap)",
             )
         )
         self._drop(tenant)
+
+    def _near_or_anywhere(
+        self,
+        tenant: Tenant,
+        space: EmbeddingSpace,
+        centroids: Matrix,
+        rng: np.random.Generator,
+        n: int,
+        *,
+        seed: int,
+        suffix: str,
+    ) -> list[EmbeddedMessage]:
+        """``n`` stored, embedded inbound messages: every other one near a random cluster's
+        direction (it joins), the rest pointing anywhere (it starts a cluster)."""
+        joins = np.arange(n) % 2 == 0
+        targets = rng.integers(0, len(centroids), n)
+        vectors = rng.standard_normal((n, space.dimensions)).astype(np.float32)
+        vectors[joins] = centroids[targets[joins]] + NEAR_SIGMA * vectors[joins]
+        vectors = _unit_rows(vectors)
+        return self._embedded_messages(tenant, space, _texts(n, seed=seed, suffix=suffix), vectors)
 
     def _synthetic_clusters(
         self, tenant: Tenant, space: EmbeddingSpace, count: int, rng: np.random.Generator
@@ -842,18 +939,24 @@ def _analyze() -> None:
         )
 
 
-SEARCH, CLUSTER_WRITES, OTHER = "search", "cluster writes", "other"
-_CLUSTER_WRITE = re.compile(rf'^\s*(INSERT\s+INTO|UPDATE)\s+"?{Cluster._meta.db_table}"?(\s|\()', re.IGNORECASE)
+SEARCH, TENANT_READS, IN_PROCESS = "search", "tenant reads", "in-process search"
+CLUSTER_WRITES, OTHER = "cluster writes", "other"
+# An INSERT into or UPDATE of the clusters table, alone or inside a WITH (not of the memberships).
+_CLUSTER_WRITE = re.compile(rf'(INSERT\s+INTO|UPDATE)\s+"?{Cluster._meta.db_table}"?(\s|\()', re.IGNORECASE)
 
 
 class StatementTimer:
     """A ``connection.execute_wrapper`` that adds up, per message, the time of its statements by
-    kind: the nearest-cluster search (a SELECT ordering by ``<=>``), writes to the clusters
-    table, and the rest. It reads only the SQL sent, so it follows any change to the assignment's
-    queries; the last search is kept (with its parameters) to show its plan."""
+    kind: the nearest-cluster search in SQL (a SELECT ordering by ``<=>``), the reads under the
+    tenant's lock (sent with it) and the matrix's loads, writes to the clusters table, and the
+    rest; and, through ``add``, the in-process search. It reads only the SQL sent, so it follows
+    any change to the assignment's queries; the last SQL search is kept (with its parameters) to
+    show its plan."""
 
     def __init__(self) -> None:
-        self.samples: dict[str, list[float]] = {SEARCH: [], CLUSTER_WRITES: [], OTHER: []}
+        self.samples: dict[str, list[float]] = {
+            kind: [] for kind in (SEARCH, TENANT_READS, IN_PROCESS, CLUSTER_WRITES, OTHER)
+        }
         self.counts: list[int] = []
         self.last_search: tuple[str, Any] | None = None
         self._current: dict[str, float] = defaultdict(float)
@@ -870,6 +973,9 @@ class StatementTimer:
             if kind == SEARCH:
                 self.last_search = (sql, params)
 
+    def add(self, kind: str, seconds: float) -> None:
+        self._current[kind] += seconds
+
     def start_message(self) -> None:
         self._current.clear()
         self._statements = 0
@@ -882,17 +988,45 @@ class StatementTimer:
 
 
 def statement_kind(sql: str) -> str:
-    if sql.lstrip().upper().startswith(("SELECT", "WITH")) and "<=>" in sql:
-        return SEARCH
-    if _CLUSTER_WRITE.match(sql):
+    if _CLUSTER_WRITE.search(sql):
         return CLUSTER_WRITES
+    head = sql.lstrip()
+    if head.upper().startswith(("SELECT", "WITH")) and "<=>" in sql:
+        return SEARCH
+    if "pg_advisory_xact_lock" in sql or head.startswith(f"SELECT {ROW_COLUMNS} FROM"):
+        return TENANT_READS
     return OTHER
+
+
+@contextlib.contextmanager
+def _timing_matrix_search(timer: StatementTimer) -> Iterator[None]:
+    """Time the in-process searches (``ClusterMatrix``'s scoring methods) into ``timer``."""
+    names = ("nearest_by_cosine", "best_inner")
+    originals = {name: getattr(ClusterMatrix, name) for name in names}
+
+    def timed(method: Callable[..., Any]) -> Callable[..., Any]:
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            began = time.perf_counter()
+            try:
+                return method(*args, **kwargs)
+            finally:
+                timer.add(IN_PROCESS, time.perf_counter() - began)
+
+        return wrapper
+
+    for name, method in originals.items():
+        setattr(ClusterMatrix, name, timed(method))
+    try:
+        yield
+    finally:
+        for name, method in originals.items():
+            setattr(ClusterMatrix, name, method)
 
 
 def _plan(statement: tuple[str, Any] | None) -> str:
     """The plan nodes of EXPLAIN of a captured statement: an exact scan and a sort, or an index."""
     if statement is None:
-        return "no search ran"
+        return "no SQL search ran (the matrix answered)"
     sql, params = statement
     nodes: list[str] = []
     with transaction.atomic(), connection.cursor() as cursor:

@@ -6,6 +6,10 @@ similarity does not depend on length, so the sum ranks exactly like the centroid
 one vector addition (``vector_sum + v``) with no read-modify-write of floats. The sum and
 ``size`` are only ever changed by ``clustering.services`` under the tenant's clustering lock,
 and recomputed from the members on remove, merge and split.
+
+Every write of a cluster row takes a new ``revision`` from one sequence (a database trigger,
+migration 0002), so a worker's in-process copy of a tenant's clusters catches up by reading the
+rows above the highest revision it has seen (``clustering/services/matrix.py``).
 """
 
 from __future__ import annotations
@@ -56,6 +60,10 @@ class Cluster(models.Model):
     )
     created_at = models.DateTimeField(db_default=Now(), editable=False)
     updated_at = models.DateTimeField(db_default=Now(), editable=False)
+    # Set by a trigger on every INSERT and UPDATE from the sequence clustering_cluster_revision
+    # (whatever the ORM sends): the order in which a tenant's cluster changes were committed,
+    # since every writer holds the tenant's clustering lock until it commits.
+    revision = models.BigIntegerField(db_default=0, editable=False)
 
     class Meta:
         indexes = [
@@ -77,6 +85,8 @@ class Cluster(models.Model):
             models.Index(
                 fields=["tenant", "space"], name="cluster_joinable", condition=Q(status__in=["open", "answered"])
             ),
+            # A worker's catch-up read: the tenant's rows in a space changed since a revision.
+            models.Index(fields=["tenant", "space", "revision"], name="cluster_space_revision"),
         ]
         constraints = [
             models.CheckConstraint(condition=Q(status__in=ClusterStatus.values), name="cluster_status_valid"),

@@ -43,14 +43,16 @@ def _other_clients_connected() -> bool:
 
 @pytest.fixture(autouse=True)
 def _fresh_process_caches() -> Iterator[None]:
-    """Process-local caches (API keys, backlog count, embedding spaces) must not leak between
-    tests: a flushed database would leave them pointing at rows that no longer exist."""
+    """Process-local caches (API keys, backlog count, embedding spaces, cluster matrices) must not
+    leak between tests: a flushed database would leave them pointing at rows that no longer exist."""
+    from clustering.services.matrix import cluster_matrices_clear
     from conversations.services.embedding_spaces import embedding_spaces_forget
 
-    for clear in (api_key_cache_clear, admission_cache_clear, embedding_spaces_forget):
+    clears = (api_key_cache_clear, admission_cache_clear, embedding_spaces_forget, cluster_matrices_clear)
+    for clear in clears:
         clear()
     yield
-    for clear in (api_key_cache_clear, admission_cache_clear, embedding_spaces_forget):
+    for clear in clears:
         clear()
 
 

@@ -15,8 +15,15 @@ _NAMESPACE = 0x636C7573  # "clus"
 def tenants_clustering_lock(*, tenant_ids: Iterable[int]) -> None:
     """Take the clustering locks of these tenants until the transaction ends. Always in ascending
     order, so two transactions locking overlapping tenants cannot deadlock."""
+    with connection.cursor() as cursor:
+        for sql, params in tenants_clustering_lock_statements(tenant_ids=tenant_ids):
+            cursor.execute(sql, params)
+
+
+def tenants_clustering_lock_statements(*, tenant_ids: Iterable[int]) -> list[tuple[str, list[int]]]:
+    """The statements that take these tenants' locks, in the order to run them, for a caller
+    that sends them in one round trip with what it reads under the locks (each statement of a
+    round trip still waits for its lock before the next one starts and takes its snapshot)."""
     if not connection.in_atomic_block:
         raise RuntimeError("the clustering lock is held until commit: call it inside transaction.atomic()")
-    with connection.cursor() as cursor:
-        for tenant_id in sorted(set(tenant_ids)):
-            cursor.execute("SELECT pg_advisory_xact_lock(%s, %s)", [_NAMESPACE, int(tenant_id)])
+    return [("SELECT pg_advisory_xact_lock(%s, %s)", [_NAMESPACE, int(t)]) for t in sorted(set(tenant_ids))]

@@ -361,6 +361,10 @@ def _move(message_ids: list[UUID], *, source: Cluster | None, target: Cluster, s
     if similarity is not None:
         fields["similarity"] = min(1.0, similarity)
     members.update(**fields)
+    # A message that left a cluster must not get that cluster's answer any more.
+    AnswerDelivery.objects.filter(message_id__in=message_ids, status=DeliveryStatus.PENDING).exclude(
+        cluster=target
+    ).update(status=DeliveryStatus.FAILED, last_error="the message left the cluster")
     if answered:
         delivery_suggest(cluster_id=target.pk, message_ids=message_ids)
 
@@ -384,8 +388,10 @@ def _recompute(cluster_ids: list[UUID]) -> None:
                            min(COALESCE(msg.sent_at, msg.created_at)) AS first_at,
                            max(COALESCE(msg.sent_at, msg.created_at)) AS last_at
                       FROM {_MEMBERS} AS m
-                      JOIN {_VECTORS} AS e ON e.item_id = m.message_id AND e.space_id = k.space_id
                       JOIN {_MESSAGES} AS msg ON msg.id = m.message_id
+                      -- Every member counts; a member without a vector in the space (a model
+                      -- switch still catching up) adds nothing to the sum.
+                      LEFT JOIN {_VECTORS} AS e ON e.item_id = m.message_id AND e.space_id = k.space_id
                      WHERE m.cluster_id = k.id
                    ) AS s ON true
              WHERE c.id = k.id AND k.id = ANY(%s)
@@ -395,7 +401,10 @@ def _recompute(cluster_ids: list[UUID]) -> None:
         cursor.execute(
             f"""
             UPDATE {_CLUSTERS} AS c
-               SET representative_id = best.message_id, representative_text = best.text
+               SET representative_id = best.message_id, representative_text = best.text,
+                   -- a label made from the old representative follows it; a moderator's stays
+                   label = CASE WHEN c.label = left(c.representative_text, {LABEL_CHARS})
+                                THEN left(best.text, {LABEL_CHARS}) ELSE c.label END
               FROM {_CLUSTERS} AS k
               JOIN LATERAL (
                     SELECT m.message_id, msg.text FROM {_MEMBERS} AS m
@@ -407,6 +416,16 @@ def _recompute(cluster_ids: list[UUID]) -> None:
              WHERE c.id = k.id AND k.id = ANY(%s) AND c.size > 0
                AND (c.representative_id IS NULL OR NOT EXISTS (
                     SELECT 1 FROM {_MEMBERS} AS r WHERE r.cluster_id = c.id AND r.message_id = c.representative_id))
+            """,
+            [list(cluster_ids)],
+        )
+        # An emptied cluster keeps no text of a message that left it (it may have been deleted).
+        cursor.execute(
+            f"""
+            UPDATE {_CLUSTERS}
+               SET representative_id = NULL, representative_text = '',
+                   label = CASE WHEN label = left(representative_text, {LABEL_CHARS}) THEN '' ELSE label END
+             WHERE id = ANY(%s) AND size = 0
             """,
             [list(cluster_ids)],
         )

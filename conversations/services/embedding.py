@@ -138,19 +138,21 @@ def embedding_process_batch(*, kind: Kind, embedder: Embedder, space: EmbeddingS
         skipped = _finish_blank(kind, blank)
         active_id = next((space_id for space_id, state in live.items() if state == SpaceState.ACTIVE), None)
         if active_id == space.pk:
-            finished = _finish_done(kind, done)
-            if kind == "message":
-                _assign_to_clusters(space, [(item, vector) for item, _, vector in done])
+            finished_ids = _finish_ids(kind, [(item.id, claimed) for item, claimed, _ in done], "done")
+            finished = len(finished_ids)
+            if kind == "message":  # only what this claim finished: a re-claimed item is another worker's
+                _assign_to_clusters(space, [(item, vector) for item, _, vector in done if item.id in finished_ids])
             # A rejected text fails for good: the same text will be rejected again.
             failed = _finish_rejected(kind, rejected)
             return BatchOutcome(claimed=len(items), done=finished, failed=failed, skipped=skipped)
         # A switch activated another space while this batch was embedded: what has a vector there
         # is done; the rest goes back to the queue, for the new active space's embedder.
         made = vectors.get(active_id or 0, {})
-        finished = _finish(kind, [(item.id, claimed) for item, claimed in todo if item.id in made], "done")
+        finished_ids = _finish_ids(kind, [(item.id, claimed) for item, claimed in todo if item.id in made], "done")
+        finished = len(finished_ids)
         if kind == "message" and active_id is not None:
             active = EmbeddingSpace.objects.get(pk=active_id)
-            _assign_to_clusters(active, [(item, made[item.id]) for item, _ in todo if item.id in made])
+            _assign_to_clusters(active, [(item, made[item.id]) for item, _ in todo if item.id in finished_ids])
         again = [(item.id, claimed) for item, claimed in todo if item.id not in made]
         released = _finish(kind, again, "pending", ["the active embedding space changed"] * len(again))
     return BatchOutcome(claimed=len(items), done=finished, released=released, skipped=skipped)
@@ -414,8 +416,16 @@ def _literal(vector: list[float]) -> str:
 
 
 def _finish(kind: Kind, rows: list[tuple[UUID, datetime]], state: str, errors: list[str] | None = None) -> int:
+    return len(_finish_ids(kind, rows, state, errors))
+
+
+def _finish_ids(
+    kind: Kind, rows: list[tuple[UUID, datetime]], state: str, errors: list[str] | None = None
+) -> set[UUID]:
+    """Move the rows whose claim is still the one given to ``state``; returns their ids (a row
+    re-claimed after its lease expired belongs to another worker and is left alone)."""
     if not rows:
-        return 0
+        return set()
     table = _SOURCES[kind][0]._meta.db_table
     ids = [row_id for row_id, _ in rows]
     claims = [claimed for _, claimed in rows]
@@ -427,10 +437,11 @@ def _finish(kind: Kind, rows: list[tuple[UUID, datetime]], state: str, errors: l
                SET embedding_state = %s, embedding_claimed_at = NULL, embedding_error = f.error
               FROM unnest(%s::uuid[], %s::timestamptz[], %s::text[]) AS f(id, claimed_at, error)
              WHERE t.id = f.id AND t.embedding_state = 'processing' AND t.embedding_claimed_at = f.claimed_at
+            RETURNING t.id
             """,
             [state, ids, claims, messages],
         )
-        return cursor.rowcount
+        return {row[0] for row in cursor.fetchall()}
 
 
 def _finish_done(kind: Kind, done: list[tuple[ClaimedItem, datetime, list[float]]]) -> int:

@@ -220,8 +220,9 @@ def embedding_spaces_live() -> dict[int, str]:
 
 
 def embedding_space_states_sync(*, space: EmbeddingSpace) -> tuple[int, int]:
-    """After ``space`` became active, make ``embedding_state`` describe it again: an item with a
-    vector there is ``done`` even if the old model had failed it, and a ``done`` item without one
+    """After ``space`` became active, make ``embedding_state`` describe it again: a conversation
+    with a vector there is ``done`` even if the old model had failed it (a message so is handed to
+    the worker, which finishes it from the cache and clusters it), and a ``done`` item without one
     (the new model rejected it, or it was finished by a worker that did not yet know the space)
     goes back to ``pending`` for the worker. Returns (now done, back to pending)."""
     done = pending = 0
@@ -229,12 +230,22 @@ def embedding_space_states_sync(*, space: EmbeddingSpace) -> tuple[int, int]:
         items, vectors = item_model._meta.db_table, vector_model._meta.db_table
         has_vector = f"EXISTS (SELECT 1 FROM {vectors} AS e WHERE e.item_id = t.id AND e.space_id = %s)"
         with connection.cursor() as cursor:
-            cursor.execute(
-                f"UPDATE {items} AS t SET embedding_state = 'done', embedding_error = '' "
-                f"WHERE t.embedding_state = 'failed' AND {has_vector}",
-                [space.pk],
-            )
-            done += cursor.rowcount
+            if item_model is Message:
+                # A message must pass through the worker to be clustered: back to pending (its
+                # vector comes from the cache), not straight to done.
+                cursor.execute(
+                    f"UPDATE {items} AS t SET embedding_state = 'pending', embedding_attempts = 0, "
+                    f"embedding_error = '' WHERE t.embedding_state = 'failed' AND {has_vector}",
+                    [space.pk],
+                )
+                pending += cursor.rowcount
+            else:
+                cursor.execute(
+                    f"UPDATE {items} AS t SET embedding_state = 'done', embedding_error = '' "
+                    f"WHERE t.embedding_state = 'failed' AND {has_vector}",
+                    [space.pk],
+                )
+                done += cursor.rowcount
             cursor.execute(
                 f"UPDATE {items} AS t SET embedding_state = 'pending', embedding_attempts = 0, embedding_error = '' "
                 f"WHERE t.embedding_state = 'done' AND NOT {has_vector}",

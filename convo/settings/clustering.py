@@ -21,7 +21,24 @@ CLUSTER_SHORT_MESSAGE_CHARS: int = env.int("CLUSTER_SHORT_MESSAGE_CHARS", defaul
 CLUSTER_TEXT_SIMILARITY_THRESHOLD: float = env.float("CLUSTER_TEXT_SIMILARITY_THRESHOLD", default=90.0)
 # Nearest clusters looked at per message.
 CLUSTER_CANDIDATES: int = env.int("CLUSTER_CANDIDATES", default=10)
-# A tenant with at most this many joinable clusters is searched exactly; above, by HNSW.
+# Candidate search (docs/clustering.md, "Scale"): each worker process keeps a matrix of a
+# tenant's joinable clusters per embedding space, caught up from the database by revision under
+# the tenant's lock, and scores every cluster with numpy. A tenant with more joinable clusters
+# than this (or whose matrix alone would not fit in CLUSTER_MATRIX_CACHE_MB) is searched in SQL.
+# 0 turns the matrices off.
+CLUSTER_MATRIX_MAX_CLUSTERS: int = env.int("CLUSTER_MATRIX_MAX_CLUSTERS", default=50_000)
+# Matrices one process keeps (least recently used dropped first), and the memory they may take
+# together: 4 bytes per dimension per cluster (10k clusters at 384 dimensions: ~15 MB).
+CLUSTER_MATRIX_CACHE_ENTRIES: int = env.int("CLUSTER_MATRIX_CACHE_ENTRIES", default=64)
+CLUSTER_MATRIX_CACHE_MB: int = env.int("CLUSTER_MATRIX_CACHE_MB", default=512)
+# The SQL search: an exact scan for a tenant with at most this many joinable clusters; above, the
+# space's HNSW index over joinable clusters, if CLUSTER_HNSW_INDEX made one. The index is off by
+# default: every join rewrites a cluster's vector, and keeping an HNSW graph in step cost 2-4 ms
+# per join (benchmark) for a search only tenants above both caps use. Turning it on builds the
+# index of a space when the space's indexes are made (convo_embeddings_switch); turning it off
+# leaves existing ones in place, still updated by every join but never used: drop them with
+# DROP INDEX CONCURRENTLY cluster_hnsw_space_<id>.
+CLUSTER_HNSW_INDEX: bool = env.bool("CLUSTER_HNSW_INDEX", default=False)
 CLUSTER_EXACT_SCAN_MAX: int = env.int("CLUSTER_EXACT_SCAN_MAX", default=20_000)
 CLUSTER_EF_SEARCH: int = env.int("CLUSTER_EF_SEARCH", default=200)
 

@@ -100,6 +100,7 @@ def test_a_tenant_with_many_clusters_is_searched_through_hnsw_with_the_same_resu
     from clustering.services.assignment import cluster_candidates, tenant_uses_hnsw
     from conversations.embeddings import get_embedder
 
+    settings.CLUSTER_HNSW_INDEX = True  # opt-in: the space's cluster index is built with its other indexes
     inbound(
         tenant,
         "how much does the premium plan cost per month",
@@ -131,3 +132,18 @@ def test_a_tenant_with_many_clusters_is_searched_through_hnsw_with_the_same_resu
     # More than the tenant has: the short HNSW answer falls back to the exact scan, never another tenant.
     everything = cluster_candidates(tenant_id=tenant.pk, space=space, vector=vector, limit=10, exact=False)
     assert len(everything) == 4
+
+
+def test_the_cluster_hnsw_index_is_opt_in(tenant, inbound, settings) -> None:
+    """Off (the default): no index is built with the space, and no tenant is ever counted for it."""
+    from clustering.services.assignment import tenant_uses_hnsw
+
+    (first,) = inbound(tenant, "how much does the premium plan cost per month")
+    space = cluster_of(first).space
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT 1 FROM pg_indexes WHERE indexname = %s", [f"cluster_hnsw_space_{space.pk}"])
+        assert cursor.fetchone() is None
+    settings.CLUSTER_EXACT_SCAN_MAX = 0
+    with CaptureQueriesContext(connection) as queries:
+        assert not tenant_uses_hnsw(tenant_id=tenant.pk, space=space)
+    assert not queries.captured_queries

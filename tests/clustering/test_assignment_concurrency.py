@@ -4,10 +4,11 @@ the same moment, make one cluster: assignment runs under the tenant's clustering
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Sequence
 
 import pytest
-from django.db import connection
+from django.db import connection, transaction
 
 from clustering.models import Cluster, ClusterMembership
 from conversations.embeddings import get_embedder
@@ -84,3 +85,43 @@ def test_concurrent_workers_never_start_two_clusters_for_one_question(tenant) ->
     assert Cluster.objects.filter(tenant=tenant).count() == 1
     cluster = Cluster.objects.get(tenant=tenant)
     assert cluster.size == WORKERS == ClusterMembership.objects.filter(cluster=cluster).count()
+
+
+def test_a_conversation_deleted_while_its_message_is_embedded_is_not_clustered(tenant) -> None:
+    """The worker reads which messages to cluster under the tenant's lock, so a soft delete that
+    commits while the worker waits for the lock is seen."""
+    from conversations.services.conversations import conversation_soft_delete
+
+    inner = get_embedder()
+    space = embedding_space_for(embedder=inner)
+    message = MessageFactory(conversation=ConversationFactory(tenant=tenant), tenant=tenant, text=WORDINGS[0])
+    errors: list[BaseException] = []
+
+    def work() -> None:
+        try:
+            embedding_process_batch(kind="message", embedder=inner, space=space, limit=1)
+        except BaseException as exc:  # surfaced below
+            errors.append(exc)
+        finally:
+            connection.close()
+
+    with transaction.atomic():
+        conversation_soft_delete(conversation=message.conversation)  # holds the tenant's lock until commit
+        worker = threading.Thread(target=work)
+        worker.start()
+        deadline = time.monotonic() + 30
+        while not _waiting_on_an_advisory_lock():
+            assert time.monotonic() < deadline, "the worker never waited for the tenant's lock"
+            time.sleep(0.05)
+    worker.join()
+
+    assert not errors, errors
+    assert Message.objects.get(pk=message.pk).embedding_state == "done"
+    assert not ClusterMembership.objects.filter(message=message).exists()
+    assert not Cluster.objects.filter(tenant=tenant).exists()
+
+
+def _waiting_on_an_advisory_lock() -> bool:
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted")
+        return cursor.fetchone()[0] > 0

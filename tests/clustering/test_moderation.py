@@ -163,3 +163,72 @@ def test_a_deleted_conversation_leaves_its_clusters_and_gets_no_answer(two_clust
     assert consistent(cluster) and cluster.size == 2
     assert AnswerDelivery.objects.get(message=price[1]).status == "failed"
     assert AnswerDelivery.objects.filter(message__in=[price[0], price[2]], status="pending").count() == 2
+
+
+def test_a_message_that_leaves_a_cluster_does_not_get_its_answer(two_clusters) -> None:
+    price, parcel = two_clusters
+    cluster = cluster_answer(cluster=cluster_of(price[0]), answer="Ten euros.", actor=SYSTEM)
+    home = cluster_remove_message(cluster=cluster, message_id=price[2].pk, actor=SYSTEM)
+    left = AnswerDelivery.objects.get(message=price[2], cluster=cluster)
+    assert (left.status, left.last_error) == ("failed", "the message left the cluster")
+    assert AnswerDelivery.objects.filter(cluster=cluster, status="pending").count() == 2
+    assert not AnswerDelivery.objects.filter(cluster=home).exists()
+
+    # Merging an answered cluster into another answered one: the moved members get the target's
+    # answer only.
+    other = cluster_answer(cluster=cluster_of(parcel[0]), answer="It ships tomorrow.", actor=SYSTEM)
+    cluster_merge(target=other, sources=[cluster], actor=SYSTEM)
+    pending = AnswerDelivery.objects.filter(message__in=price[:2], status="pending")
+    assert {d.answer for d in pending} == {"It ships tomorrow."} and pending.count() == 2
+
+
+def test_deleted_text_does_not_stay_as_a_label_or_representative(tenant, inbound: Inbound) -> None:
+    (alone,) = inbound(tenant, "please delete everything about my account number 1234")
+    first, second = inbound(
+        tenant, "how much does the premium plan cost per month", "how much does the premium plan cost each month"
+    )
+    lonely, shared = cluster_of(alone), cluster_of(first)
+    assert shared.label == first.text and shared.representative_id == first.pk
+
+    conversation_soft_delete(conversation=alone.conversation)
+    conversation_soft_delete(conversation=first.conversation)
+
+    lonely.refresh_from_db()
+    assert (lonely.size, lonely.status, lonely.label, lonely.representative_text) == (0, "archived", "", "")
+    assert lonely.representative_id is None
+    shared.refresh_from_db()
+    assert shared.representative_id == second.pk
+    assert shared.label == shared.representative_text == second.text
+    assert consistent(shared)
+
+
+def test_a_moderators_label_survives_the_representative_leaving(two_clusters) -> None:
+    from clustering.services.moderation import cluster_relabel
+
+    price, _ = two_clusters
+    cluster = cluster_relabel(cluster=cluster_of(price[0]), label="Pricing", actor=SYSTEM)
+    conversation_soft_delete(conversation=price[0].conversation)
+    cluster.refresh_from_db()
+    assert cluster.label == "Pricing" and cluster.representative_id != price[0].pk
+
+
+def test_recompute_counts_members_without_a_vector_in_the_space(two_clusters) -> None:
+    from clustering.services.moderation import cluster_recompute
+    from conversations.models import MessageEmbedding
+
+    price, _ = two_clusters
+    cluster = cluster_of(price[0])
+    MessageEmbedding.objects.filter(item=price[2]).delete()  # as during a model switch's catch-up
+    cluster_recompute(cluster_ids=[cluster.pk])
+    cluster.refresh_from_db()
+    assert cluster.size == 3  # every member
+    with connection.cursor() as cursor:
+        cursor.execute(
+            """
+            SELECT c.vector_sum <-> (SELECT sum(e.embedding) FROM conversations_messageembedding e
+                                      WHERE e.item_id = ANY(%s))
+              FROM clustering_cluster c WHERE c.id = %s
+            """,
+            [[price[0].pk, price[1].pk], cluster.pk],
+        )
+        assert cursor.fetchone()[0] < 1e-4  # the sum of the members that have a vector

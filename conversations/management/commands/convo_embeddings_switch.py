@@ -20,6 +20,7 @@ from django.core.exceptions import ImproperlyConfigured
 from django.core.management.base import BaseCommand, CommandError, CommandParser, OutputWrapper
 from django.db import DatabaseError, connection
 
+from clustering.services.spaces import clusters_follow_space
 from conversations.embeddings import embedder_from_config
 from conversations.embeddings.base import Embedder, EmbeddingError, EmbeddingUnavailable
 from conversations.models import Conversation, EmbeddingSpace, Message, SpaceState
@@ -179,6 +180,7 @@ class Command(BaseCommand):
             catch_up = self._pass(space=space, embedder=embedder, options=unlimited, label="catch-up")
         finally:
             now_done, back = embedding_space_states_sync(space=space)
+            clusters_follow_space(space=space)
             embedding_spaces_forget()
         if back:
             embedding_kick(force=True)
