@@ -118,10 +118,12 @@ class _Handler(BaseHTTPRequestHandler):
             server.max_in_flight = max(server.max_in_flight, server.in_flight)
         try:
             time.sleep(reply.delay)
-            self._respond(body, reply)
         finally:
+            # Counted out before the answer is written: the client frees its slot only once it has
+            # read the answer, so a next request can never be counted while this one still is.
             with server.lock:
                 server.in_flight -= 1
+        self._respond(body, reply)
 
     def _respond(self, body: Any, reply: Reply) -> None:
         server = self.server
