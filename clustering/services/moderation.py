@@ -36,6 +36,7 @@ from clustering.services.locking import tenants_clustering_lock
 from clustering.services.scoring import centre_load, tenant_thresholds
 from conversations.models import Conversation, Message, MessageEmbedding
 from convo.errors import Conflict, NotFound, ServiceError
+from feedback.services import learning_item_from_cluster_answer
 
 _CLUSTERS = Cluster._meta.db_table
 _MEMBERS = ClusterMembership._meta.db_table
@@ -83,6 +84,7 @@ def cluster_answer(*, cluster: Cluster, answer: str, actor: Actor) -> Cluster:
     current.save(update_fields=["status", "answer", "answer_version", "answered_by", "answered_at", "updated_at"])
     made = delivery_fanout(cluster=current)
     _audit(current, ClusterActionKind.ANSWER, actor, before, {**_snapshot(current), "deliveries": made})
+    learning_item_from_cluster_answer(cluster=current)
     return current
 
 

@@ -25,4 +25,5 @@ urlpatterns = [
     re_path(r"^context/?$", ContextView.as_view(), name="context"),
     path("", include("clustering.api.delivery_urls")),
     path("", include("clustering.api.urls")),
+    path("", include("feedback.api.urls")),
 ]

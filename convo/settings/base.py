@@ -98,6 +98,7 @@ from convo.settings.api import *  # noqa: E402,F403
 from convo.settings.cache import *  # noqa: E402,F403
 from convo.settings.clustering import *  # noqa: E402,F403
 from convo.settings.embeddings import *  # noqa: E402,F403
+from convo.settings.feedback import *  # noqa: E402,F403
 from convo.settings.limits import *  # noqa: E402,F403
 from convo.settings.q_cluster import *  # noqa: E402,F403
 from convo.settings.worker import *  # noqa: E402,F403

@@ -1,0 +1,214 @@
+"""Output of the feedback API (input is validated by ``feedback.payloads``)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from drf_spectacular.utils import extend_schema_field
+from rest_framework import serializers
+
+from conversations.models import Channel
+from feedback.models import (
+    THUMBS_UP,
+    Feedback,
+    FeedbackKind,
+    LearningItem,
+    LearningSource,
+    LearningStatus,
+    OwnerCorrection,
+    ResponseAnalytics,
+    VoiceTranscript,
+)
+
+
+# Enums with their own component names: left to drf-spectacular, another app's ``status`` or
+# ``kind`` enum would be renamed in the schema.
+@extend_schema_field({"type": "string", "enum": FeedbackKind.values}, component_name="FeedbackKindEnum")
+class FeedbackKindField(serializers.ChoiceField):
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(choices=FeedbackKind.choices, **kwargs)
+
+
+@extend_schema_field({"type": "string", "enum": LearningStatus.values}, component_name="LearningStatusEnum")
+class LearningStatusField(serializers.ChoiceField):
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(choices=LearningStatus.choices, **kwargs)
+
+
+@extend_schema_field({"type": "string", "enum": LearningSource.values}, component_name="LearningSourceEnum")
+class LearningSourceField(serializers.ChoiceField):
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(choices=LearningSource.choices, **kwargs)
+
+
+@extend_schema_field({"type": "string", "enum": Channel.values}, component_name="FeedbackSourceEnum")
+class FeedbackSourceField(serializers.ChoiceField):
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(choices=Channel.choices, **kwargs)
+
+
+def _queued(record: Feedback | OwnerCorrection) -> LearningItem | None:
+    """The learning item a record queued: lists select it with the record (``select_related``),
+    and the service that made both leaves it cached on the record."""
+    try:
+        return record.learning_item
+    except LearningItem.DoesNotExist:
+        return None
+
+
+class FeedbackSerializer(serializers.ModelSerializer):
+    conversation_id = serializers.UUIDField()
+    message_id = serializers.UUIDField(allow_null=True)
+    kind = FeedbackKindField()
+    thumbs = serializers.SerializerMethodField(help_text="`up` or `down` for thumbs feedback, else null.")
+    rating = serializers.SerializerMethodField(help_text="1 to 5 for a rating, else null.")
+    source = FeedbackSourceField(help_text="The channel the feedback came from.")  # type: ignore[assignment]
+    low = serializers.SerializerMethodField(help_text="Whether it queued a learning item (a low rating).")
+
+    class Meta:
+        model = Feedback
+        fields = [
+            "id",
+            "conversation_id",
+            "message_id",
+            "kind",
+            "thumbs",
+            "rating",
+            "comment",
+            "source",
+            "low",
+            "created_at",
+        ]
+
+    @extend_schema_field({"type": ["string", "null"], "enum": ["up", "down", None]})
+    def get_thumbs(self, obj: Feedback) -> str | None:
+        if obj.kind != FeedbackKind.THUMBS:
+            return None
+        return "up" if obj.value == THUMBS_UP else "down"
+
+    def get_rating(self, obj: Feedback) -> int | None:
+        return obj.value if obj.kind == FeedbackKind.RATING else None
+
+    def get_low(self, obj: Feedback) -> bool:
+        return _queued(obj) is not None
+
+
+class CorrectionSerializer(serializers.ModelSerializer):
+    conversation_id = serializers.UUIDField()
+    message_id = serializers.UUIDField(allow_null=True)
+    learning_item_id = serializers.SerializerMethodField(help_text="The learning item it queued.")
+
+    class Meta:
+        model = OwnerCorrection
+        fields = [
+            "id",
+            "conversation_id",
+            "message_id",
+            "original_response",
+            "corrected_text",
+            "reason",
+            "corrected_by",
+            "learning_item_id",
+            "created_at",
+        ]
+
+    @extend_schema_field({"type": ["string", "null"], "format": "uuid"})
+    def get_learning_item_id(self, obj: OwnerCorrection) -> str | None:
+        item = _queued(obj)
+        return str(item.pk) if item is not None else None
+
+
+class AnalyticsSerializer(serializers.ModelSerializer):
+    conversation_id = serializers.UUIDField()
+    message_id = serializers.UUIDField(allow_null=True)
+    cost = serializers.DecimalField(max_digits=14, decimal_places=6, coerce_to_string=True)
+
+    class Meta:
+        model = ResponseAnalytics
+        fields = [
+            "id",
+            "conversation_id",
+            "message_id",
+            "latency_ms",
+            "model",
+            "prompt_tokens",
+            "completion_tokens",
+            "cost",
+            "from_cache",
+            "created_at",
+        ]
+
+
+class TranscriptSerializer(serializers.ModelSerializer):
+    conversation_id = serializers.UUIDField()
+    duration_seconds = serializers.DecimalField(max_digits=9, decimal_places=3, coerce_to_string=True)
+
+    class Meta:
+        model = VoiceTranscript
+        fields = ["id", "conversation_id", "text", "language", "duration_seconds", "audio_url", "created_at"]
+
+
+class LearningItemSerializer(serializers.ModelSerializer):
+    source = LearningSourceField()  # type: ignore[assignment]
+    status = LearningStatusField(
+        help_text="pending: awaiting review; approved: `approved_answer` is to become knowledge; rejected; "
+        "applied: taken into the knowledge base."
+    )
+    correction_id = serializers.UUIDField(allow_null=True)
+    feedback_id = serializers.UUIDField(allow_null=True)
+    cluster_id = serializers.UUIDField(allow_null=True)
+
+    class Meta:
+        model = LearningItem
+        fields = [
+            "id",
+            "source",
+            "correction_id",
+            "feedback_id",
+            "cluster_id",
+            "cluster_answer_version",
+            "question",
+            "original_answer",
+            "proposed_answer",
+            "status",
+            "approved_answer",
+            "reviewed_by",
+            "reviewed_at",
+            "review_note",
+            "created_at",
+        ]
+
+
+def _page(item: type[serializers.Serializer], name: str) -> type[serializers.Serializer]:
+    return type(
+        name,
+        (serializers.Serializer,),
+        {
+            "next": serializers.URLField(allow_null=True),
+            "previous": serializers.URLField(allow_null=True),
+            "results": item(many=True),
+        },
+    )
+
+
+FeedbackPageSerializer = _page(FeedbackSerializer, "FeedbackPageSerializer")
+CorrectionPageSerializer = _page(CorrectionSerializer, "CorrectionPageSerializer")
+AnalyticsPageSerializer = _page(AnalyticsSerializer, "AnalyticsPageSerializer")
+TranscriptPageSerializer = _page(TranscriptSerializer, "TranscriptPageSerializer")
+LearningItemPageSerializer = _page(LearningItemSerializer, "LearningItemPageSerializer")
+
+
+class FeedbackRatingsSerializer(serializers.Serializer):
+    total = serializers.IntegerField(source="feedback_total")
+    ratings = serializers.DictField(child=serializers.IntegerField(), help_text='Ratings by value, "1" to "5".')
+    thumbs = serializers.DictField(child=serializers.IntegerField(), help_text="Thumbs `up` and `down`.")
+    by_channel = serializers.DictField(child=serializers.IntegerField(), help_text="Feedback by source channel.")
+
+
+class FeedbackStatsSerializer(serializers.Serializer):
+    feedback = FeedbackRatingsSerializer(source="*")
+    corrections = serializers.IntegerField(help_text="Owner corrections.")
+    learning_items = serializers.DictField(
+        child=serializers.IntegerField(),
+        help_text="The learning queue by status (pending, approved, rejected, applied).",
+    )

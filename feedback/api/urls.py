@@ -1,0 +1,23 @@
+"""Routes of the feedback API, included under /api/v1/ by conversations/api/urls.py."""
+
+from __future__ import annotations
+
+from django.urls import URLPattern, URLResolver
+
+from conversations.api.urls import OptionalSlashRouter
+from feedback.api.views import (
+    AnalyticsViewSet,
+    CorrectionViewSet,
+    FeedbackViewSet,
+    LearningItemViewSet,
+    TranscriptViewSet,
+)
+
+router = OptionalSlashRouter()
+router.register("feedback", FeedbackViewSet, basename="feedback")
+router.register("corrections", CorrectionViewSet, basename="correction")
+router.register("analytics", AnalyticsViewSet, basename="analytics")
+router.register("transcripts", TranscriptViewSet, basename="transcript")
+router.register("learning-items", LearningItemViewSet, basename="learning-item")
+
+urlpatterns: list[URLPattern | URLResolver] = [*router.urls]
