@@ -5,7 +5,7 @@ A benchmark, not a test: it reports numbers and never fails on a missed target. 
 database the settings point at (the embedded server of ``convo.settings.local`` by default) with
 the configured embedder (the bundled all-MiniLM-L6-v2 by default), under tenants of its own
 (``bench-emb-<timestamp>-…``) whose rows it deletes at the end (``--keep`` keeps them).
-docs/benchmarks-embeddings.md explains each figure and what bounds it.
+docs/benchmarks.md ("Embeddings and search (issue 3)") records the figures and what bounds them.
 
 1. Throughput: the same texts through the model directly (``embed`` in slices of the batch size)
    and through the pipeline (ingest, then ``embedding_drain``: claim, cache, model, store), at
