@@ -35,7 +35,7 @@ from django.utils.text import Truncator
 from rest_framework_api_key.admin import APIKeyModelAdmin
 from rest_framework_api_key.models import APIKey
 
-from conversations.models import Conversation, Message, Tenant, TenantAPIKey
+from conversations.models import Conversation, EmbeddingCacheStats, Message, Tenant, TenantAPIKey
 from conversations.payloads import ConversationUpdateIn
 from conversations.services.conversations import conversation_soft_delete, conversation_update
 from conversations.services.tenants import (
@@ -534,3 +534,27 @@ class MessageAdmin(_MessageDisplay, BigTableAdmin):
     def conversation_link(self, obj: Message) -> SafeString:
         url = reverse("admin:conversations_conversation_change", args=[obj.conversation_id])
         return format_html('<a href="{}">{}</a>', url, obj.conversation_id)
+
+
+@admin.register(EmbeddingCacheStats)
+class EmbeddingCacheStatsAdmin(admin.ModelAdmin):
+    """The embedding cache's hits and misses per model and day (written by the worker per batch)."""
+
+    list_display = ("day", "model_id", "hot_hits", "durable_hits", "misses", "hit_rate")
+    list_filter = ("model_id",)
+    ordering = ("-day", "model_id")
+
+    @admin.display(description="hit rate")
+    def hit_rate(self, obj: EmbeddingCacheStats) -> str:
+        hits = obj.hot_hits + obj.durable_hits
+        total = hits + obj.misses
+        return f"{hits / total:.1%}" if total else "-"
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: EmbeddingCacheStats | None = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: EmbeddingCacheStats | None = None) -> bool:
+        return False

@@ -384,3 +384,21 @@ def test_revoking_a_key_goes_through_the_service(
     assert tenant_for_api_key(key=key) is None
     delete_url = reverse("admin:conversations_tenantapikey_delete", args=[quote(api_key.pk)])
     assert admin_client.post(delete_url, {"post": "yes"}).status_code == 403
+
+
+def test_embedding_cache_hits_and_misses_are_visible(admin_client: Client) -> None:
+    from conversations.services.embedding import embedding_drain
+
+    conversation = ConversationFactory()
+    for text in ["where is my card", "where is my card", "where is my card", "how do I top up"]:
+        MessageFactory(conversation=conversation, text=text)
+    embedding_drain(seconds=30)
+    MessageFactory(conversation=conversation, text="where is my card")  # a later batch: a cache hit
+    embedding_drain(seconds=30)
+    page = admin_client.get("/admin/conversations/embeddingcachestats/").content.decode()
+    # Two distinct texts missed once each (repeats within a batch never reach the cache twice);
+    # the later copy was a hit: 1 of 3 lookups.
+    assert "hashing:v1@384" in page and '<td class="field-misses">2</td>' in page
+    assert '<td class="field-hit_rate">33.3%</td>' in page
+    response = admin_client.post("/admin/conversations/embeddingcachestats/add/", {})
+    assert response.status_code == 403
