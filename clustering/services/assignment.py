@@ -45,7 +45,7 @@ from rapidfuzz.utils import default_process
 from clustering.list_cache import cluster_list_cache_invalidate_on_commit
 from clustering.models import Cluster, ClusteringPolicy, ClusterMembership, ClusterStatus, JoinMethod, TenantCentre
 from clustering.services.deliveries import delivery_suggest
-from clustering.services.locking import tenants_clustering_lock, tenants_clustering_lock_statements
+from clustering.services.locking import tenants_clustering_lock_statements
 from clustering.services.matrix import ROW_COLUMNS, ClusterMatrix, MatrixSync, cluster_matrix_forget
 from clustering.services.scoring import (
     Candidate,
@@ -181,24 +181,23 @@ def clusters_assign_embedded(*, space: EmbeddingSpace, items: list[EmbeddedMessa
     if not items:
         return []
     vectors = {item.id: item.vector for item in items}
-    # The lock first: a soft delete or another worker's assignment that commits while this one
-    # waits must be seen by the read below (the conversation's deleted_at, existing memberships).
-    tenants_clustering_lock(tenant_ids={item.tenant_id for item in items})
-    with connection.cursor() as cursor:
-        cursor.execute(
-            f"""
-            SELECT m.id, m.tenant_id, m.text, COALESCE(m.sent_at, m.created_at),
-                   EXISTS (SELECT 1 FROM {MessageEmbedding._meta.db_table} AS e
-                            WHERE e.item_id = m.id AND e.space_id = %s)
-              FROM {Message._meta.db_table} AS m
-             WHERE m.id = ANY(%s) AND m.role = %s
-               AND (SELECT c.deleted_at FROM {Conversation._meta.db_table} AS c WHERE c.id = m.conversation_id) IS NULL
-               AND NOT EXISTS (SELECT 1 FROM {_MEMBERS} AS cm WHERE cm.message_id = m.id)
-             ORDER BY m.created_at, m.id
-            """,
-            [space.pk, list(vectors), Role.USER.value],
-        )
-        rows = cursor.fetchall()
+    # The locks first, in the same round trip: a soft delete or another worker's assignment that
+    # commits while this one waits must be seen by the read (deleted_at, existing memberships).
+    locks = tenants_clustering_lock_statements(tenant_ids={item.tenant_id for item in items})
+    read = (
+        f"""
+        SELECT m.id, m.tenant_id, m.text, COALESCE(m.sent_at, m.created_at),
+               EXISTS (SELECT 1 FROM {MessageEmbedding._meta.db_table} AS e
+                        WHERE e.item_id = m.id AND e.space_id = %s)
+          FROM {Message._meta.db_table} AS m
+         WHERE m.id = ANY(%s) AND m.role = %s
+           AND (SELECT c.deleted_at FROM {Conversation._meta.db_table} AS c WHERE c.id = m.conversation_id) IS NULL
+           AND NOT EXISTS (SELECT 1 FROM {_MEMBERS} AS cm WHERE cm.message_id = m.id)
+         ORDER BY m.created_at, m.id
+        """,
+        [space.pk, list(vectors), Role.USER.value],
+    )
+    rows = _round_trip([*locks, read])[-1]
     if not rows:
         return []
     inbound = [
@@ -276,21 +275,20 @@ def cluster_best(
 
 
 def _tenants_start(*, space: EmbeddingSpace, inbound: list[_Inbound]) -> dict[int, _TenantRun]:
-    """Take the tenants' locks, and read under them what the batch needs of each tenant and its
-    matrix's catch-up, in one round trip."""
+    """Read what the batch needs of each tenant and its matrix's catch-up, in one round trip,
+    under the tenants' locks (taken by ``clusters_assign_embedded`` before it read the batch)."""
     keys: dict[int, set[str]] = {}
     for message in inbound:
         keys.setdefault(message.tenant_id, set()).add(message.key)
     syncs = {tenant_id: MatrixSync(tenant_id=tenant_id, space=space) for tenant_id in sorted(keys)}
-    statements: Tail = list(tenants_clustering_lock_statements(tenant_ids=keys))
-    locks = len(statements)
+    statements: Tail = []
     for tenant_id, sync in syncs.items():
         statements.append((_POLICY, [tenant_id]))
         statements.append((_CENTRE, [tenant_id, space.pk]))
         statements.append((_TWINS, [tenant_id, sorted(keys[tenant_id])]))
         if sync.statement is not None:
             statements.append(sync.statement)
-    results = iter(_round_trip(statements)[locks:])
+    results = iter(_round_trip(statements))
     runs: dict[int, _TenantRun] = {}
     for tenant_id, sync in syncs.items():
         policy = next(results) or [(None, None, None, None)]
