@@ -57,7 +57,7 @@ from clustering.services.moderation import (
     cluster_split,
 )
 from clustering.services.webhooks import delivery_endpoint_set, delivery_retry, webhook_url_validate
-from conversations.admin import BigTableAdmin, adopt_saved
+from conversations.admin import BigTableAdmin, adopt_saved, uuid_or_none
 from convo.errors import ServiceError
 
 # The audit entries a cluster's page shows; the audit log list has all of them.
@@ -92,13 +92,6 @@ def _error_text(exc: ServiceError) -> str:
     """The service's message and its per-field details, as one line for the user."""
     details = [detail for field_errors in (exc.fields or {}).values() for detail in field_errors]
     return " ".join([exc.message, *details])
-
-
-def _uuid(value: str) -> UUID | None:
-    try:
-        return UUID(value.strip())
-    except (ValueError, AttributeError):
-        return None
 
 
 def _avatar(url: str) -> str:
@@ -312,6 +305,7 @@ class ClusterAdmin(BigTableAdmin):
     list_filter = ("tenant", "status")
     search_fields = ("label", "representative_text")
     search_help_text = "Words of the label or representative text, or an exact cluster id."
+    search_by_id = True
     list_defer = ("answer",)  # up to CLUSTER_MAX_ANSWER_CHARS a row, not listed
     fields = _CLUSTER_FIELDS
     readonly_fields = _CLUSTER_FIELDS
@@ -325,15 +319,6 @@ class ClusterAdmin(BigTableAdmin):
     def get_ordering(self, request: HttpRequest) -> tuple[str, ...]:
         # Biggest first, ties in id order: the tail of the (tenant[, status], -size, id) indexes.
         return ("-size", "id")
-
-    def get_search_results(
-        self, request: HttpRequest, queryset: QuerySet[Cluster], search_term: str
-    ) -> tuple[QuerySet[Cluster], bool]:
-        found, may_have_duplicates = super().get_search_results(request, queryset, search_term)
-        cluster_id = _uuid(search_term)
-        if cluster_id is not None:
-            found = found | queryset.filter(pk=cluster_id)
-        return found, may_have_duplicates
 
     # Clusters are made by assignment and archived instead of deleted. The form is view-only:
     # changes go through the moderation views and actions, gated by has_moderate_permission.
@@ -469,7 +454,7 @@ class ClusterAdmin(BigTableAdmin):
 
     def remove_message_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
         def act(cluster: Cluster, actor: Actor) -> str:
-            message_id = _uuid(request.POST.get("message_id", ""))
+            message_id = uuid_or_none(request.POST.get("message_id", ""))
             if message_id is None:
                 raise ServiceError("Choose a message to remove.")
             home = cluster_remove_message(cluster=cluster, message_id=message_id, actor=actor)
@@ -481,7 +466,7 @@ class ClusterAdmin(BigTableAdmin):
     def split_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
         def act(cluster: Cluster, actor: Actor) -> str:
             chosen = request.POST.getlist("message_ids")
-            message_ids = [_uuid(value) for value in chosen]
+            message_ids = [uuid_or_none(value) for value in chosen]
             if any(message_id is None for message_id in message_ids):
                 raise ServiceError("Not message ids.", fields={"message_ids": ["Choose messages from the list."]})
             split_off = cluster_split(
@@ -558,7 +543,7 @@ class ClusterAdmin(BigTableAdmin):
             self.message_user(request, f"Merge at most {MERGE_MAX_CLUSTERS} clusters at once.", messages.ERROR)
             return None
         if request.POST.get("post") == "yes":
-            target_id = _uuid(request.POST.get("target", ""))
+            target_id = uuid_or_none(request.POST.get("target", ""))
             target = next((cluster for cluster in chosen if cluster.pk == target_id), None)
             if target is None:
                 self.message_user(request, "Choose the cluster to merge into.", messages.ERROR)

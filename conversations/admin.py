@@ -116,6 +116,17 @@ class BigTableAdmin(admin.ModelAdmin):
     list_select_related = ["tenant"]
     # Large columns the list does not show: not loaded for a page of 100 rows.
     list_defer: tuple[str, ...] = ()
+    # A search term that is a UUID also finds the row with that primary key.
+    search_by_id = False
+
+    def get_search_results(
+        self, request: HttpRequest, queryset: QuerySet[Any], search_term: str
+    ) -> tuple[QuerySet[Any], bool]:
+        found, may_have_duplicates = super().get_search_results(request, queryset, search_term)
+        row_id = uuid_or_none(search_term) if self.search_by_id else None
+        if row_id is not None:
+            found = found | queryset.filter(pk=row_id)
+        return found, may_have_duplicates
 
     def get_changelist(self, request: HttpRequest, **kwargs: Any) -> type[ChangeList]:
         return _DeferringChangeList
@@ -166,10 +177,11 @@ class ConversationDeletedFilter(DeletedFilter):
     deleted_at_field = "conversation__deleted_at"
 
 
-def _uuid(term: str) -> UUID | None:
+def uuid_or_none(value: str) -> UUID | None:
+    """The UUID a search term or form value spells, or None."""
     try:
-        return UUID(term.strip())
-    except ValueError:
+        return UUID(value.strip())
+    except (ValueError, AttributeError):
         return None
 
 
@@ -414,16 +426,7 @@ class ConversationAdmin(BigTableAdmin):
     readonly_fields = tuple(name for name in _CONVERSATION_FIELDS if name not in _CONVERSATION_EDITABLE)
     inlines = [MessageInline]
     actions = ["soft_delete_selected"]
-
-    def get_search_results(
-        self, request: HttpRequest, queryset: QuerySet[Conversation], search_term: str
-    ) -> tuple[QuerySet[Conversation], bool]:
-        """Exact matches on the identifiers, and on the primary key when the term is a UUID."""
-        found, may_have_duplicates = super().get_search_results(request, queryset, search_term)
-        conversation_id = _uuid(search_term)
-        if conversation_id is not None:
-            found = found | queryset.filter(pk=conversation_id)
-        return found, may_have_duplicates
+    search_by_id = True
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False
@@ -516,7 +519,7 @@ class MessageAdmin(_MessageDisplay, BigTableAdmin):
     ) -> tuple[QuerySet[Message], bool]:
         """A UUID finds the message with that id and the messages of the conversation with it."""
         found, may_have_duplicates = super().get_search_results(request, queryset, search_term)
-        some_id = _uuid(search_term)
+        some_id = uuid_or_none(search_term)
         if some_id is not None:
             found = found | queryset.filter(models.Q(pk=some_id) | models.Q(conversation_id=some_id))
         return found, may_have_duplicates
