@@ -87,7 +87,8 @@ from conversations.services.ingest import message_ingest_batch
 from conversations.services.results import Accepted
 from conversations.services.tenants import tenant_api_key_create, tenant_create
 from convo.api.renderers import FastJSONRenderer
-from convo.benchmarking import Summary, cpu_busy_since, cpu_times, summarize
+from convo.benchmarking import Summary, cpu_busy_since, cpu_times, render_lines, summarize
+from convo.db import no_statement_timeout
 from convo.ids import uuid7
 
 Matrix = npt.NDArray[np.float32]
@@ -212,7 +213,7 @@ class ClusteringBenchmark:
         the size they would have without it (``cleanup`` catches whatever an interrupt left)."""
         if self.keep:
             return
-        with _no_statement_timeout():
+        with no_statement_timeout():
             _tenant_rows_delete(tenant.pk)
         self.tenants = [t for t in self.tenants if t.pk != tenant.pk]
 
@@ -784,7 +785,7 @@ class ClusteringBenchmark:
             s = row.latency
             figures = (f"{s.count}", f"{s.p50:.2f}", f"{s.p95:.2f}", f"{s.p99:.2f}", f"{s.max:.1f}") if s else ("",) * 5
             lines.append((row.section, row.what, f"{row.clusters:,}", *figures, row.note))
-        return render(lines, numeric={2, 3, 4, 5, 6, 7})
+        return render_lines(lines, numeric={2, 3, 4, 5, 6, 7})
 
     def _quality_table(self) -> str:
         lines: list[tuple[str, ...]] = [
@@ -807,7 +808,7 @@ class ClusteringBenchmark:
                      f"{_mean(r.purity for r in runs):.3f}", f"{_mean(r.cover for r in runs):.1f}",
                      f"{_mean(r.wall_seconds for r in runs):.1f}", f"{_mean(r.model_texts for r in runs):,.0f}")
                 )  # fmt: skip
-        return render(lines, numeric=set(range(2, 11)))
+        return render_lines(lines, numeric=set(range(2, 11)))
 
     # --- cleanup ------------------------------------------------------------------------------
 
@@ -818,7 +819,7 @@ class ClusteringBenchmark:
             return
         began = time.perf_counter()
         counts: Counter[str] = Counter()
-        with _no_statement_timeout():
+        with no_statement_timeout():
             for tenant in self.tenants:
                 counts.update(_tenant_rows_delete(tenant.pk))
         dropped = len(self.tenants)
@@ -861,18 +862,6 @@ def environment() -> dict[str, str]:
         "embeddings": f"{settings.EMBEDDINGS['BACKEND'].rsplit('.', 1)[-1]} {settings.EMBEDDINGS.get('MODEL', '')}, "
         f"batch {settings.EMBEDDING_BATCH_SIZE}",
     }
-
-
-def render(lines: Sequence[Sequence[str]], *, numeric: set[int]) -> str:
-    """A plain-text table: the first line is the header; ``numeric`` columns are right-aligned."""
-    widths = [max(len(line[i]) for line in lines) for i in range(len(lines[0]))]
-    out = []
-    for number, line in enumerate(lines):
-        cells = [cell.rjust(widths[i]) if i in numeric else cell.ljust(widths[i]) for i, cell in enumerate(line)]
-        out.append(" | ".join(cells).rstrip())
-        if number == 0:
-            out.append("-+-".join("-" * width for width in widths))
-    return "\n" + "\n".join(out) + "\n"
 
 
 def _timed(call: Callable[[], Any], n: int, warmup: int) -> list[float]:
@@ -1036,15 +1025,3 @@ def _plan(statement: tuple[str, Any] | None) -> str:
             if node and not node.startswith(("Sort Key", "Filter", "Index Cond", "Order By", "Recheck")):
                 nodes.append(node)
     return "plan: " + " > ".join(nodes)
-
-
-@contextlib.contextmanager
-def _no_statement_timeout() -> Iterator[None]:
-    """The cleanup of a 10k-cluster tenant may outlast DB_STATEMENT_TIMEOUT_MS; it must finish."""
-    with connection.cursor() as cursor:
-        cursor.execute("SET statement_timeout = 0")
-    try:
-        yield
-    finally:
-        with connection.cursor() as cursor:
-            cursor.execute("RESET statement_timeout")

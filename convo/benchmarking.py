@@ -310,3 +310,15 @@ def drive_concurrently(
         statuses=merged,
         bodies=[body for values in answers for body in values],
     )
+
+
+def render_lines(lines: Sequence[Sequence[str]], *, numeric: frozenset[int] | set[int] = frozenset()) -> str:
+    """A plain-text table: the first line is the header; ``numeric`` columns are right-aligned."""
+    widths = [max(len(line[i]) for line in lines) for i in range(len(lines[0]))]
+    out = []
+    for number, line in enumerate(lines):
+        cells = [cell.rjust(widths[i]) if i in numeric else cell.ljust(widths[i]) for i, cell in enumerate(line)]
+        out.append(" | ".join(cells).rstrip())
+        if number == 0:
+            out.append("-+-".join("-" * width for width in widths))
+    return "\n" + "\n".join(out) + "\n"

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from convo.benchmarking import Summary
+from convo.benchmarking import Summary, render_lines
 
 Matrix = npt.NDArray[np.float32]
 
@@ -287,14 +287,7 @@ def verdict(met: bool | None) -> str:
 
 def render_table(figures: Sequence[Figure]) -> str:
     header = ("#", "measurement", "value", "target", "verdict")
-    lines = [header, *((f.section, f.name, f.value, f.target, f.verdict) for f in figures)]
-    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
-    out = []
-    for number, line in enumerate(lines):
-        out.append(" | ".join(cell.ljust(widths[i]) for i, cell in enumerate(line)).rstrip())
-        if number == 0:
-            out.append("-+-".join("-" * width for width in widths))
-    return "\n" + "\n".join(out) + "\n"
+    return render_lines([header, *((f.section, f.name, f.value, f.target, f.verdict) for f in figures)])
 
 
 def ms(summary: Summary) -> str:

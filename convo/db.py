@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import ParamSpec, TypeVar
 
 from django.db import OperationalError, connection
@@ -39,3 +40,16 @@ def retry_on_deadlock(attempts: int = 3) -> Callable[[Callable[P, R]], Callable[
         return wrapper
 
     return decorator
+
+
+@contextlib.contextmanager
+def no_statement_timeout() -> Iterator[None]:
+    """Lift DB_STATEMENT_TIMEOUT_MS on this connection for work that must finish however long it
+    takes (benchmark index builds and mass deletes), then restore it."""
+    with connection.cursor() as cursor:
+        cursor.execute("SET statement_timeout = 0")
+    try:
+        yield
+    finally:
+        with connection.cursor() as cursor:
+            cursor.execute("RESET statement_timeout")

@@ -110,6 +110,7 @@ from convo.benchmarking_search import (
     vectors_cached,
     verdict,
 )
+from convo.db import no_statement_timeout
 from convo.env import BASE_DIR
 
 K = 10
@@ -776,11 +777,11 @@ class EmbeddingsBenchmark:
         loaded = time.perf_counter() - began
         notices: list[str] = []
         began = time.perf_counter()
-        with _no_statement_timeout(), _notices(notices):
+        with no_statement_timeout(), _notices(notices):
             embedding_space_index(space=space)
         build = time.perf_counter() - began
         began = time.perf_counter()
-        with _no_statement_timeout(), connection.cursor() as cursor:
+        with no_statement_timeout(), connection.cursor() as cursor:
             for table in (Conversation, Message, MessageEmbedding):
                 cursor.execute(f"ANALYZE {table._meta.db_table}")
             cursor.execute("SELECT pg_relation_size(%s)", [f"msg_hnsw_space_{space.pk}"])
@@ -987,7 +988,7 @@ class EmbeddingsBenchmark:
 
     def _drop_bench_space(self, space: EmbeddingSpace, tenant: Tenant) -> None:
         began = time.perf_counter()
-        with _no_statement_timeout(), connection.cursor() as cursor:
+        with no_statement_timeout(), connection.cursor() as cursor:
             for prefix in ("msg", "conv"):
                 cursor.execute(f"DROP INDEX CONCURRENTLY IF EXISTS {prefix}_hnsw_space_{int(space.pk)}")
             deleted = _tenant_rows_delete(tenant.pk)
@@ -1011,7 +1012,7 @@ class EmbeddingsBenchmark:
         for space, tenant in list(self.bench_spaces):
             self._drop_bench_space(space, tenant)
         counts: Counter[str] = Counter()
-        with _no_statement_timeout():
+        with no_statement_timeout():
             for tenant in self.tenants:
                 counts.update(_tenant_rows_delete(tenant.pk))
         keys = [cache_key(self._embedder().model_id, text) for text in self.cached_texts] if self.embedder else []
@@ -1130,18 +1131,6 @@ def _statement_kind(sql: str) -> str:
     if "ORDER BY" in text:
         return "knn exact" if "+ 0 LIMIT" in text else "knn hnsw"
     return text[:30].lower()
-
-
-@contextlib.contextmanager
-def _no_statement_timeout() -> Iterator[None]:
-    """Index builds and mass deletes outlast the 10 s statement timeout of the settings."""
-    with connection.cursor() as cursor:
-        cursor.execute("SET statement_timeout = 0")
-    try:
-        yield
-    finally:
-        with connection.cursor() as cursor:
-            cursor.execute("RESET statement_timeout")
 
 
 @contextlib.contextmanager

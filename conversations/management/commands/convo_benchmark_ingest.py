@@ -67,6 +67,7 @@ from convo.benchmarking import (
     cpu_busy_since,
     cpu_times,
     drive_concurrently,
+    render_lines,
     summarize,
     wait_until_quiet,
 )
@@ -811,15 +812,7 @@ class IngestBenchmark:
                     row.verdict,
                 )
             )
-        widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
-        numeric = {2, 3, 4, 5, 6, 7}
-        out = []
-        for number, line in enumerate(lines):
-            cells = [cell.rjust(widths[i]) if i in numeric else cell.ljust(widths[i]) for i, cell in enumerate(line)]
-            out.append(" | ".join(cells).rstrip())
-            if number == 0:
-                out.append("-+-".join("-" * width for width in widths))
-        return "\n" + "\n".join(out) + "\n"
+        return render_lines(lines, numeric={2, 3, 4, 5, 6, 7})
 
     def report(self) -> dict[str, Any]:
         return {
