@@ -139,14 +139,9 @@ def centre_of(*, space: EmbeddingSpace, vector: bytes | None, messages: int | No
     return Centre(total=total, count=int(messages or 0), norm_sum=float(norm_sum or 0.0))
 
 
-def centre_save(*, tenant_id: int, space: EmbeddingSpace, centre: Centre) -> None:
-    """Store the advanced centre (the caller holds the tenant's clustering lock)."""
-    with connection.cursor() as cursor:
-        cursor.execute(*centre_save_statement(tenant_id=tenant_id, space=space, centre=centre))
-
-
 def centre_save_statement(*, tenant_id: int, space: EmbeddingSpace, centre: Centre) -> tuple[str, list[Any]]:
-    """The upsert that stores the centre, for a caller that sends it with another statement."""
+    """The upsert that stores the advanced centre, sent with the batch's last write (the caller
+    holds the tenant's clustering lock)."""
     return (
         f"""
         INSERT INTO {TenantCentre._meta.db_table} (tenant_id, space_id, vector_sum, messages, centred_norm_sum)
