@@ -219,7 +219,7 @@ def _finite_vector(value: list[float]) -> list[float]:
     return value
 
 
-def _k_limit(value: int) -> int:
+def k_limit(value: int) -> int:
     limit: int = settings.SEARCH_MAX_K
     if value > limit:
         raise ValueError(f"must be at most {limit}")
@@ -245,7 +245,7 @@ class SearchIn(_Payload):
         default=None, description="A query vector in the active model's space."
     )
     mode: Literal["vector", "text", "hybrid"] = "vector"
-    k: Annotated[int, Field(ge=1), AfterValidator(_k_limit)] = 10
+    k: Annotated[int, Field(ge=1), AfterValidator(k_limit)] = 10
     filters: SearchFiltersIn = Field(default_factory=SearchFiltersIn)
     min_similarity: Annotated[float, Field(ge=-1.0, le=1.0)] = 0.7
     adaptive: bool = Field(default=True, description="Lower the threshold step by step when fewer than k pass.")
@@ -272,6 +272,6 @@ class ContextIn(_Payload):
     user_id: Identifier
     query: OptionalText | None = None
     recent: Annotated[int, Field(ge=0, le=200)] = 10
-    k: Annotated[int, Field(ge=0), AfterValidator(_k_limit)] = 5
+    k: Annotated[int, Field(ge=0), AfterValidator(k_limit)] = 5
     token_budget: Annotated[int, Field(ge=1)] | None = None
     channel: Channel | None = None

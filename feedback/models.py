@@ -7,18 +7,21 @@ ranges are database check constraints, so no write path (bulk SQL, the admin, a 
 rating of 7 or a status the services do not know.
 
 A ``LearningItem`` is made by the services in the same transaction as its source: an owner
-correction, a low rating, or a cluster's answer (feedback/services.py). The knowledge base that
-approved items feed arrives with the next step of issue 5 (docs/feedback.md).
+correction, a low rating, or a cluster's answer (feedback/services.py). Approving one creates or
+updates a ``KnowledgeEntry`` (feedback/knowledge.py), which the message pipeline embeds like any
+other item (``EmbeddingWork``): its vectors live in ``KnowledgeEmbedding``, one per embedding
+space, and every change to an entry is kept as a ``KnowledgeEntryVersion`` (docs/knowledge.md).
 """
 
 from __future__ import annotations
 
+from django.contrib.postgres.fields import ArrayField
 from django.db import models
 from django.db.models import Q
 from django.db.models.functions import Now
 
 from clustering.models import Cluster
-from conversations.models import Channel, Conversation, Message, Tenant
+from conversations.models import Channel, Conversation, EmbeddingState, EmbeddingWork, ItemEmbedding, Message, Tenant
 from convo.ids import uuid7
 
 
@@ -176,7 +179,7 @@ class LearningStatus(models.TextChoices):
     PENDING = "pending"
     APPROVED = "approved"
     REJECTED = "rejected"
-    # Taken into the knowledge base (set by the knowledge-base step of issue 5).
+    # Taken into the knowledge base: ``entry`` is the entry it created or updated.
     APPLIED = "applied"
 
 
@@ -211,6 +214,10 @@ class LearningItem(models.Model):
     reviewed_by = models.CharField(max_length=200, blank=True, default="")
     reviewed_at = models.DateTimeField(null=True, blank=True)
     review_note = models.TextField(blank=True, default="")
+    # The knowledge entry this item created or updated when it was applied.
+    entry = models.ForeignKey(
+        "KnowledgeEntry", on_delete=models.SET_NULL, null=True, blank=True, related_name="learning_items"
+    )
     created_at = models.DateTimeField(db_default=Now(), editable=False)
 
     class Meta:
@@ -258,3 +265,115 @@ class LearningItem(models.Model):
 
     def __str__(self) -> str:
         return f"{self.source}: {self.question[:60] or '(no question)'}"
+
+
+class KnowledgeSource(models.TextChoices):
+    MANUAL = "manual"
+    IMPORT = "import"
+    CORRECTION = "correction"
+    LOW_RATING = "low_rating"
+    ANSWERED_CLUSTER = "answered_cluster"
+
+
+class KnowledgeEntry(EmbeddingWork):
+    """An approved answer to a question, which the answer lookup returns for look-alike questions.
+
+    The question is what gets embedded (a new question is compared with questions, not answers);
+    full-text search reads both. ``key`` is an optional name, unique per tenant, that an import
+    uses to update an entry instead of adding a second one. ``version`` counts the entry's
+    changes; each one is kept in ``KnowledgeEntryVersion``. An inactive entry is kept, with its
+    history, but never searched or returned."""
+
+    id = models.UUIDField(primary_key=True, default=uuid7, editable=False)
+    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="+", db_index=False)
+    key = models.CharField(max_length=200, blank=True, default="")
+    question = models.TextField()
+    answer = models.TextField()
+    tags = ArrayField(models.CharField(max_length=50), default=list, blank=True)
+    source = models.CharField(max_length=20, choices=KnowledgeSource.choices, default=KnowledgeSource.MANUAL)
+    active = models.BooleanField(default=True)
+    version = models.PositiveIntegerField(default=1)
+    updated_by = models.CharField(max_length=200, blank=True, default="")
+    created_at = models.DateTimeField(db_default=Now(), editable=False)
+    updated_at = models.DateTimeField(db_default=Now(), editable=False)
+
+    class Meta:
+        verbose_name_plural = "knowledge entries"
+        indexes = [
+            models.Index(fields=["tenant", "-updated_at", "-id"], name="knowledge_tenant_updated"),
+            models.Index(fields=["tenant", "source"], name="knowledge_tenant_source"),
+            models.Index(fields=["created_at"], name="kb_embedding_pending", condition=Q(embedding_state="pending")),
+            models.Index(
+                fields=["embedding_claimed_at"], name="kb_embedding_claimed", condition=Q(embedding_state="processing")
+            ),
+        ]
+        constraints = [
+            models.UniqueConstraint(fields=["tenant", "key"], name="knowledge_unique_key", condition=~Q(key="")),
+            models.CheckConstraint(condition=~Q(question=""), name="knowledge_question_present"),
+            models.CheckConstraint(condition=~Q(answer=""), name="knowledge_answer_present"),
+            _choices_check("source", KnowledgeSource, "knowledge_source_valid"),
+            _choices_check("embedding_state", EmbeddingState, "knowledge_embedding_state_valid"),
+        ]
+
+    def __str__(self) -> str:
+        return self.question[:80]
+
+
+class KnowledgeEntryVersion(models.Model):
+    """One state of an entry, written by every change (the first version included), with who made
+    it and why: the entry's history, and what a reviewer compares an edit with."""
+
+    id = models.BigAutoField(primary_key=True)
+    entry = models.ForeignKey(KnowledgeEntry, on_delete=models.CASCADE, related_name="versions")
+    version = models.PositiveIntegerField()
+    question = models.TextField()
+    answer = models.TextField()
+    tags = ArrayField(models.CharField(max_length=50), default=list, blank=True)
+    active = models.BooleanField()
+    changed_by = models.CharField(max_length=200, blank=True, default="")
+    # Why it changed ("created", "edited", "applied learning item …", "imported").
+    change = models.CharField(max_length=200, blank=True, default="")
+    learning_item = models.ForeignKey(LearningItem, on_delete=models.SET_NULL, null=True, blank=True, related_name="+")
+    created_at = models.DateTimeField(db_default=Now(), editable=False)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["entry", "version"], name="knowledge_version_once")]
+
+    def __str__(self) -> str:
+        return f"v{self.version}"
+
+
+class KnowledgeEmbedding(ItemEmbedding):
+    """The vector of an entry's question in one embedding space (HNSW per space, like messages)."""
+
+    item = models.ForeignKey(KnowledgeEntry, on_delete=models.CASCADE, related_name="embeddings")
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["item", "space"], name="kb_embedding_once_per_space")]
+        indexes = [models.Index(fields=["tenant", "space"], name="kb_embedding_tenant_space")]
+
+    def __str__(self) -> str:
+        return f"{self.item_id} in {self.space_id}"
+
+
+class LookupDecision(models.TextChoices):
+    ANSWER = "answer"
+    SUGGEST = "suggest"
+    NO_MATCH = "no_match"
+
+
+class KnowledgeLookupDay(models.Model):
+    """Answer lookups of one tenant on one day, by decision: the hit rate's durable counters.
+    One row per (tenant, day), bumped by an upsert with each lookup."""
+
+    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="+", db_index=False)
+    day = models.DateField()
+    answered = models.PositiveIntegerField(default=0)
+    suggested = models.PositiveIntegerField(default=0)
+    unmatched = models.PositiveIntegerField(default=0)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["tenant", "day"], name="knowledge_lookup_day_once")]
+
+    def __str__(self) -> str:
+        return f"{self.day}: {self.answered}/{self.suggested}/{self.unmatched}"

@@ -17,7 +17,8 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validat
 
 from clustering.payloads import PageQuery
 from conversations.models import Channel
-from feedback.models import RATING_MAX, RATING_MIN, LearningSource, LearningStatus
+from conversations.payloads import k_limit
+from feedback.models import RATING_MAX, RATING_MIN, KnowledgeSource, LearningSource, LearningStatus
 
 _INT_MAX = 2**31 - 1  # PostgreSQL integer columns
 _NAME_MAX = 255
@@ -58,6 +59,8 @@ Answer = Annotated[str, AfterValidator(_limited("FEEDBACK_MAX_ANSWER_CHARS", req
 OptionalAnswer = Annotated[str, AfterValidator(_limited("FEEDBACK_MAX_ANSWER_CHARS", required=False))]
 Reason = Annotated[str, AfterValidator(_limited("FEEDBACK_MAX_REASON_CHARS", required=False))]
 TranscriptText = Annotated[str, AfterValidator(_limited("FEEDBACK_MAX_TRANSCRIPT_CHARS", required=True))]
+Question = Annotated[str, AfterValidator(_limited("KNOWLEDGE_MAX_QUESTION_CHARS", required=True))]
+OptionalQuestion = Annotated[str, AfterValidator(_limited("KNOWLEDGE_MAX_QUESTION_CHARS", required=False))]
 Name = Annotated[str, Field(min_length=1, max_length=_NAME_MAX), AfterValidator(_required)]
 Count = Annotated[int, Field(ge=0, le=_INT_MAX)]
 
@@ -116,6 +119,9 @@ class LearningApproveIn(_Payload):
     answer: OptionalAnswer | None = Field(
         default=None, description="An edited answer to approve instead of the proposed one."
     )
+    question: OptionalQuestion | None = Field(
+        default=None, description="The question the knowledge entry answers, when it should differ from the item's."
+    )
     note: Reason = Field(default="", description="The reviewer's note.")
 
 
@@ -130,3 +136,62 @@ class RecordListQuery(PageQuery):
 class LearningItemListQuery(PageQuery):
     status: LearningStatus | None = None
     source: LearningSource | None = None
+
+
+# --- the knowledge base ---------------------------------------------------------------------------
+
+
+def _tag(value: str) -> str:
+    limit = int(settings.KNOWLEDGE_MAX_TAG_CHARS)
+    if not value.strip():
+        raise ValueError("a tag must not be blank")
+    if len(value.strip()) > limit:
+        raise ValueError(f"a tag must be at most {limit} characters")
+    return _clean(value)
+
+
+def _tags(value: list[str]) -> list[str]:
+    limit = int(settings.KNOWLEDGE_MAX_TAGS)
+    if len(value) > limit:
+        raise ValueError(f"at most {limit} tags")
+    return value
+
+
+Tags = Annotated[list[Annotated[str, AfterValidator(_tag)]], AfterValidator(_tags)]
+Key = Annotated[str, Field(max_length=200), AfterValidator(_clean)]
+
+
+class KnowledgeEntryIn(_Payload):
+    question: Question = Field(description="What the entry answers (at most KNOWLEDGE_MAX_QUESTION_CHARS).")
+    answer: Answer = Field(description="The approved answer (at most FEEDBACK_MAX_ANSWER_CHARS).")
+    tags: Tags = Field(default_factory=list, description="At most KNOWLEDGE_MAX_TAGS; stored lower-cased.")
+    key: Key = Field(default="", description="Your own name for the entry, unique per tenant (imports match on it).")
+    active: bool = True
+
+
+class KnowledgeEntryPatch(_Payload):
+    question: Question | None = None
+    answer: Answer | None = None
+    tags: Tags | None = None
+    active: bool | None = None
+
+
+class KnowledgeListQuery(PageQuery):
+    source: KnowledgeSource | None = None
+    active: bool | None = None
+    tag: Annotated[str, Field(max_length=50)] | None = None
+
+
+class KnowledgeSearchIn(_Payload):
+    """Search the tenant's active entries by meaning (``vector``), words (``text``) or both."""
+
+    query: Question
+    mode: Literal["vector", "text", "hybrid"] = "hybrid"
+    k: Annotated[int, Field(ge=1), AfterValidator(k_limit)] = 10
+    tags: Tags = Field(default_factory=list, description="Only entries carrying every one of these tags.")
+
+
+class KnowledgeLookupIn(_Payload):
+    """A new question, for the best approved answer."""
+
+    question: Question

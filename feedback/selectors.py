@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import TypeVar
 from uuid import UUID
 
-from django.db.models import Count, Model, QuerySet
+from django.db.models import Count, Model, Q, QuerySet, Sum
+from django.utils import timezone
 
 from conversations.models import Conversation, Tenant
 from convo.errors import NotFound
@@ -14,6 +16,8 @@ from feedback.models import (
     THUMBS_UP,
     Feedback,
     FeedbackKind,
+    KnowledgeEntry,
+    KnowledgeLookupDay,
     LearningItem,
     LearningStatus,
     OwnerCorrection,
@@ -23,6 +27,8 @@ from feedback.models import (
 RECORD_ORDERING = ("-created_at", "-id")
 # The review queue: oldest first, so the longest-waiting item is reviewed first.
 LEARNING_ORDERING = ("created_at", "id")
+# Knowledge entries: most recently changed first.
+KNOWLEDGE_ORDERING = ("-updated_at", "-id")
 
 RecordT = TypeVar("RecordT", bound=Model)
 
@@ -57,11 +63,28 @@ class FeedbackStats:
     by_channel: dict[str, int]
     corrections: int
     learning_items: dict[str, int]
+    knowledge_entries: int
+    knowledge_active: int
+    lookups: LookupCounts
 
 
-def feedback_stats(*, tenant: Tenant) -> FeedbackStats:
+@dataclass(frozen=True)
+class LookupCounts:
+    days: int
+    answered: int
+    suggested: int
+    unmatched: int
+
+    @property
+    def hit_rate(self) -> float | None:
+        total = self.answered + self.suggested + self.unmatched
+        return self.answered / total if total else None
+
+
+def feedback_stats(*, tenant: Tenant, days: int = 30) -> FeedbackStats:
     """Feedback by rating (1-5), by thumbs and by channel; corrections; the learning queue by
-    status. Four grouped queries over the tenant's rows."""
+    status; knowledge entries; answer lookups of the last ``days`` days by decision. A few
+    grouped queries over the tenant's rows."""
     ratings = {str(value): 0 for value in range(1, 6)}
     thumbs = {"up": 0, "down": 0}
     rows = list(Feedback.objects.filter(tenant=tenant).values("kind", "value").annotate(n=Count("id")).order_by())
@@ -74,6 +97,9 @@ def feedback_stats(*, tenant: Tenant) -> FeedbackStats:
         row["source"]: row["n"]
         for row in Feedback.objects.filter(tenant=tenant).values("source").annotate(n=Count("id")).order_by("source")
     }
+    knowledge = KnowledgeEntry.objects.filter(tenant=tenant).aggregate(
+        entries=Count("id"), active=Count("id", filter=Q(active=True))
+    )
     queue = dict.fromkeys(LearningStatus.values, 0)
     for by_status in LearningItem.objects.filter(tenant=tenant).values("status").annotate(n=Count("id")).order_by():
         queue[by_status["status"]] = by_status["n"]
@@ -84,4 +110,30 @@ def feedback_stats(*, tenant: Tenant) -> FeedbackStats:
         by_channel=by_channel,
         corrections=OwnerCorrection.objects.filter(tenant=tenant).count(),
         learning_items=queue,
+        knowledge_entries=knowledge["entries"],
+        knowledge_active=knowledge["active"],
+        lookups=knowledge_lookup_counts(tenant=tenant, days=days),
     )
+
+
+def knowledge_lookup_counts(*, tenant: Tenant, days: int) -> LookupCounts:
+    """Answer lookups by decision over the last ``days`` days (UTC, today included)."""
+    since = timezone.now().date() - timedelta(days=days - 1)
+    sums = KnowledgeLookupDay.objects.filter(tenant=tenant, day__gte=since).aggregate(
+        answered=Sum("answered", default=0),
+        suggested=Sum("suggested", default=0),
+        unmatched=Sum("unmatched", default=0),
+    )
+    return LookupCounts(days=days, answered=sums["answered"], suggested=sums["suggested"], unmatched=sums["unmatched"])
+
+
+def knowledge_entries_filtered(
+    *, entries: QuerySet[KnowledgeEntry], source: str | None, active: bool | None, tag: str | None
+) -> QuerySet[KnowledgeEntry]:
+    if source is not None:
+        entries = entries.filter(source=source)
+    if active is not None:
+        entries = entries.filter(active=active)
+    if tag is not None:
+        entries = entries.filter(tags__contains=[tag.strip().lower()])
+    return entries

@@ -11,8 +11,9 @@ gives rise to:
 - every answer given to a cluster (``learning_item_from_cluster_answer``, called by
   ``clustering.services.moderation.cluster_answer``).
 
-Review: ``learning_item_approve`` (optionally with an edited answer) and ``learning_item_reject``
-move a pending item on, once; a second review is a ``Conflict`` (409).
+Review: ``learning_item_approve`` (optionally with an edited answer or question) and
+``learning_item_reject`` move a pending item on, once; a second review is a ``Conflict`` (409).
+Approving takes the item into the knowledge base at once (feedback/knowledge.py).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from django.utils import timezone
 from clustering.models import Cluster
 from conversations.models import Conversation, Message, Role, Tenant
 from convo.errors import Conflict, NotFound, ServiceError
+from feedback.knowledge import learning_item_apply
 from feedback.models import (
     THUMBS_DOWN,
     THUMBS_UP,
@@ -166,13 +168,13 @@ def learning_item_from_cluster_answer(*, cluster: Cluster) -> LearningItem:
 
 @transaction.atomic
 def learning_item_approve(
-    *, item: LearningItem, actor: Actor, answer: str | None = None, note: str = ""
+    *, item: LearningItem, actor: Actor, answer: str | None = None, question: str | None = None, note: str = ""
 ) -> LearningItem:
     """Approve a pending item, with ``answer`` (an edit) or else its proposed answer, which must
-    then not be blank (low-rating items propose none). Raises ``Conflict`` unless pending.
-
-    Approved is not the end: the knowledge-base step of issue 5 takes approved items into the
-    knowledge base and marks them ``applied`` (no service here sets that state)."""
+    then not be blank (low-rating items propose none), and take it into the knowledge base in the
+    same transaction (``learning_item_apply``): the item ends ``applied``, linked to the entry it
+    created or updated, or stays ``approved`` when it has no question (``question`` can give
+    one, or reword the question the entry will answer). Raises ``Conflict`` unless pending."""
     current = _locked(item)
     text = (answer if answer is not None else current.proposed_answer).strip()
     if not text:
@@ -182,8 +184,20 @@ def learning_item_approve(
     limit = int(settings.FEEDBACK_MAX_ANSWER_CHARS)
     if len(text) > limit:
         raise ServiceError("The answer is too long.", fields={"answer": [f"Must be at most {limit} characters."]})
+    if question is not None:
+        asked = question.strip()
+        question_limit = int(settings.KNOWLEDGE_MAX_QUESTION_CHARS)
+        if len(asked) > question_limit:
+            raise ServiceError(
+                "The question is too long.", fields={"question": [f"Must be at most {question_limit} characters."]}
+            )
+        if asked:
+            current.question = asked
+            current.save(update_fields=["question"])
     current.approved_answer = text
     _review(current, LearningStatus.APPROVED, actor, note)
+    learning_item_apply(item=current, actor=actor)
+    current.refresh_from_db()
     return current
 
 

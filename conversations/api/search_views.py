@@ -71,7 +71,7 @@ class ContextSerializer(serializers.Serializer):
     text = serializers.CharField()
 
 
-def _active_space() -> tuple[EmbeddingSpace, Embedder]:
+def active_space() -> tuple[EmbeddingSpace, Embedder]:
     from django.core.exceptions import ImproperlyConfigured
 
     from conversations.services.embedding_spaces import embedding_space_active_embedder
@@ -85,19 +85,20 @@ def _active_space() -> tuple[EmbeddingSpace, Embedder]:
     return active
 
 
-def _query_vector(text: str, embedder: Embedder) -> list[float]:
-    """The query's vector, through the same cache as stored texts (repeated queries are free)."""
+def query_vector(text: str, embedder: Embedder, *, field: str = "query") -> list[float]:
+    """The query's vector, through the same cache as stored texts (repeated queries are free).
+    Errors name ``field``, the request field the text came from."""
     normalized = text_normalize(text)
     if not normalized:
-        raise FieldErrors({"query": ["must not be blank"]})
+        raise FieldErrors({field: ["must not be blank"]})
     try:
         outcome = embed_texts_cached(embedder=embedder, texts=[normalized], count=False)
     except EmbeddingUnavailable as exc:
         raise Overloaded(f"The embedding provider is unavailable: {exc}", retry_after=5) from None
     except EmbeddingError as exc:
-        raise FieldErrors({"query": [str(exc)]}) from None
+        raise FieldErrors({field: [str(exc)]}) from None
     if normalized not in outcome.vectors:
-        raise FieldErrors({"query": [outcome.failures.get(normalized, "could not be embedded")]})
+        raise FieldErrors({field: [outcome.failures.get(normalized, "could not be embedded")]})
     return outcome.vectors[normalized]
 
 
@@ -119,7 +120,7 @@ class SearchView(APIView):
     def post(self, request: Request) -> Response:
         payload = parse_payload(SearchIn, request.data)
         tenant = request_tenant(request)
-        space, embedder = _active_space()
+        space, embedder = active_space()
         if payload.vector is not None and len(payload.vector) != space.dimensions:
             raise FieldErrors({"vector": [f"must have {space.dimensions} dimensions (the active model's)"]})
         key = search_cache_key(
@@ -144,7 +145,7 @@ class SearchView(APIView):
                 tenant=tenant, query=payload.query or "", filters=filters, k=payload.k, ranking=ranking
             )
         else:
-            vector = payload.vector if payload.vector is not None else _query_vector(payload.query or "", embedder)
+            vector = payload.vector if payload.vector is not None else query_vector(payload.query or "", embedder)
             if payload.mode == "hybrid":
                 result = message_hybrid_search(
                     tenant=tenant,
@@ -186,8 +187,8 @@ class ContextView(APIView):
         space: EmbeddingSpace | None = None
         vector = None
         if payload.query and payload.query.strip():
-            space, embedder = _active_space()
-            vector = _query_vector(payload.query, embedder)
+            space, embedder = active_space()
+            vector = query_vector(payload.query, embedder)
         context = context_build(
             tenant=request_tenant(request),
             user_id=payload.user_id,

@@ -22,24 +22,16 @@ import logging
 import time
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Literal
+from typing import Any
 from uuid import UUID
 
 from django.conf import settings
 from django.db import connection, transaction
 
-from clustering.services.assignment import EmbeddedMessage, clusters_assign_embedded
 from conversations.embeddings.base import Embedder, EmbeddingUnavailable
-from conversations.models import (
-    Conversation,
-    ConversationEmbedding,
-    EmbeddingSpace,
-    Message,
-    MessageEmbedding,
-    SpaceState,
-)
-from conversations.search_cache import search_cache_invalidate
+from conversations.models import EmbeddingSpace, SpaceState
 from conversations.services.embedding_cache import embed_texts_cached, text_normalize
+from conversations.services.embedding_kinds import EmbeddedItem, embedding_kind, embedding_kinds
 from conversations.services.embedding_spaces import (
     embedding_space_active_embedder,
     embedding_space_embedder,
@@ -52,16 +44,8 @@ logger = logging.getLogger(__name__)
 # Building spaces whose embedder this process could not build (id -> the config that failed).
 _unbuildable: dict[int, str] = {}
 
-Kind = Literal["message", "conversation"]
-KINDS: tuple[Kind, ...] = ("message", "conversation")
-
-_SOURCES: dict[
-    Kind, tuple[type[Message] | type[Conversation], type[MessageEmbedding] | type[ConversationEmbedding], str]
-] = {
-    "message": (Message, MessageEmbedding, "t.text"),
-    # A conversation is embedded by its summary, or by its transcript when it has no summary.
-    "conversation": (Conversation, ConversationEmbedding, "COALESCE(NULLIF(t.summary, ''), t.transcript)"),
-}
+# A kind's name: "message", "conversation", "knowledge" (conversations/services/embedding_kinds.py).
+Kind = str
 
 
 @dataclass(frozen=True)
@@ -134,14 +118,13 @@ def embedding_process_batch(*, kind: Kind, embedder: Embedder, space: EmbeddingS
             if space_id in live:
                 _upsert_vectors(kind, space_id, [(item, by_item[item.id]) for item, _ in todo if item.id in by_item])
         _forget_unembedded(kind, [item for item, _ in todo], vectors, live)
-        _forget_searches_on_commit(kind, [item.id for item, _, _ in done])
         skipped = _finish_blank(kind, blank)
         active_id = next((space_id for space_id, state in live.items() if state == SpaceState.ACTIVE), None)
         if active_id == space.pk:
             finished_ids = _finish_ids(kind, [(item.id, claimed) for item, claimed, _ in done], "done")
             finished = len(finished_ids)
-            if kind == "message":  # only what this claim finished: a re-claimed item is another worker's
-                _assign_to_clusters(space, [(item, vector) for item, _, vector in done if item.id in finished_ids])
+            # Only what this claim finished: a re-claimed item is another worker's.
+            _on_done(kind, space, [(item, vector) for item, _, vector in done if item.id in finished_ids])
             # A rejected text fails for good: the same text will be rejected again.
             failed = _finish_rejected(kind, rejected)
             return BatchOutcome(claimed=len(items), done=finished, failed=failed, skipped=skipped)
@@ -150,9 +133,9 @@ def embedding_process_batch(*, kind: Kind, embedder: Embedder, space: EmbeddingS
         made = vectors.get(active_id or 0, {})
         finished_ids = _finish_ids(kind, [(item.id, claimed) for item, claimed in todo if item.id in made], "done")
         finished = len(finished_ids)
-        if kind == "message" and active_id is not None:
+        if active_id is not None:
             active = EmbeddingSpace.objects.get(pk=active_id)
-            _assign_to_clusters(active, [(item, made[item.id]) for item, _ in todo if item.id in finished_ids])
+            _on_done(kind, active, [(item, made[item.id]) for item, _ in todo if item.id in finished_ids])
         again = [(item.id, claimed) for item, claimed in todo if item.id not in made]
         released = _finish(kind, again, "pending", ["the active embedding space changed"] * len(again))
     return BatchOutcome(claimed=len(items), done=finished, released=released, skipped=skipped)
@@ -178,9 +161,9 @@ def embedding_drain(*, embedder: Embedder | None = None, seconds: float | None =
             break
         space, active_embedder = current
         claimed = 0
-        for kind in KINDS:
+        for each in embedding_kinds():
             claimed += embedding_process_batch(
-                kind=kind, embedder=active_embedder, space=space, limit=settings.EMBEDDING_BATCH_SIZE
+                kind=each.name, embedder=active_embedder, space=space, limit=settings.EMBEDDING_BATCH_SIZE
             ).claimed
         total += claimed
         if not claimed:
@@ -197,8 +180,8 @@ def embedding_backfill_page(
     resumable from anywhere. Vectors go in through the shared cache and are only inserted
     (never replacing the worker's) and only if the item's text is still the one embedded.
     ``EmbeddingUnavailable`` propagates: stop, and run the pass again later."""
-    model, vector_model, text_sql = _SOURCES[kind]
-    items, vectors = model._meta.db_table, vector_model._meta.db_table
+    source = embedding_kind(kind)
+    items, vectors, text_sql = source.items._meta.db_table, source.vectors._meta.db_table, source.text_sql
     with connection.cursor() as cursor:
         cursor.execute(
             f"""
@@ -247,12 +230,12 @@ def embedding_backfill_page(
 def embedding_backfill_missing(*, kind: Kind, space: EmbeddingSpace) -> int:
     """How many items of ``kind`` have no vector in ``space`` (blank ones included): the total of
     a backfill pass's progress. One anti-join over the table."""
-    model, vector_model, _ = _SOURCES[kind]
+    source = embedding_kind(kind)
     with connection.cursor() as cursor:
         cursor.execute(
             f"""
-            SELECT count(*) FROM {model._meta.db_table} AS t
-             WHERE NOT EXISTS (SELECT 1 FROM {vector_model._meta.db_table} AS e
+            SELECT count(*) FROM {source.items._meta.db_table} AS t
+             WHERE NOT EXISTS (SELECT 1 FROM {source.vectors._meta.db_table} AS e
                                 WHERE e.item_id = t.id AND e.space_id = %s)
             """,
             [space.pk],
@@ -266,8 +249,8 @@ def embedding_reconcile() -> int:
     lease: float = settings.EMBEDDING_LEASE_SECONDS
     max_attempts: int = settings.EMBEDDING_MAX_ATTEMPTS
     total = 0
-    for kind in KINDS:
-        table = _SOURCES[kind][0]._meta.db_table
+    for kind in embedding_kinds():
+        table = kind.items._meta.db_table
         with connection.cursor() as cursor:
             cursor.execute(
                 f"""
@@ -290,8 +273,8 @@ def embedding_reconcile() -> int:
 
 
 def _claim(*, kind: Kind, limit: int) -> list[tuple[ClaimedItem, datetime]]:
-    model, _, text_sql = _SOURCES[kind]
-    table = model._meta.db_table
+    source = embedding_kind(kind)
+    table, text_sql = source.items._meta.db_table, source.text_sql
     with transaction.atomic(), connection.cursor() as cursor:
         cursor.execute(
             f"""
@@ -318,7 +301,7 @@ def _store_vectors(kind: Kind, space: EmbeddingSpace, done: list[tuple[ClaimedIt
 def _upsert_vectors(kind: Kind, space_id: int, rows: list[tuple[ClaimedItem, list[float]]]) -> None:
     if not rows:
         return
-    vector_model = _SOURCES[kind][1]
+    vector_model = embedding_kind(kind).vectors
     # Sorted by item: the switch's backfill writes the same keys in id order, so the two can
     # never deadlock on the unique index.
     objs: list[Any] = [
@@ -362,13 +345,12 @@ def _embed_for_building(
     return made
 
 
-def _assign_to_clusters(space: EmbeddingSpace, rows: list[tuple[ClaimedItem, list[float]]]) -> None:
-    """Assign the inbound messages just embedded to clusters, in the transaction that marks them
-    done: a message is clustered exactly once, whenever the worker dies."""
-    clusters_assign_embedded(
-        space=space,
-        items=[EmbeddedMessage(id=item.id, tenant_id=item.tenant_id, vector=vector) for item, vector in rows],
-    )
+def _on_done(kind: Kind, space: EmbeddingSpace, rows: list[tuple[ClaimedItem, list[float]]]) -> None:
+    """The kind's own work on items just marked done, in the same transaction (messages join
+    clusters there: a message is clustered exactly once, whenever the worker dies)."""
+    hook = embedding_kind(kind).on_done
+    if hook is not None and rows:
+        hook(space, [EmbeddedItem(id=item.id, tenant_id=item.tenant_id, vector=vector) for item, vector in rows])
 
 
 def _forget_unembedded(
@@ -382,33 +364,7 @@ def _forget_unembedded(
             continue
         stale = [item.id for item in items if item.id not in made.get(space_id, {})]
         if stale:
-            _SOURCES[kind][1].objects.filter(space_id=space_id, item_id__in=stale).delete()
-
-
-def _forget_searches_on_commit(kind: Kind, ids: list[UUID]) -> None:
-    """New vectors change what searches return: once they are committed, drop the cached search
-    results of their tenants and users (conversations/search_cache.py)."""
-    if not ids:
-        return
-    if kind == "message":
-        sql = (
-            f"SELECT DISTINCT c.tenant_id, c.external_user_id FROM {Conversation._meta.db_table} AS c "
-            f"JOIN {Message._meta.db_table} AS m ON m.conversation_id = c.id WHERE m.id = ANY(%s)"
-        )
-    else:
-        sql = f"SELECT DISTINCT tenant_id, external_user_id FROM {Conversation._meta.db_table} WHERE id = ANY(%s)"
-    with connection.cursor() as cursor:
-        cursor.execute(sql, [ids])
-        pairs = cursor.fetchall()
-    users: dict[int, set[str]] = {}
-    for tenant_id, user_id in pairs:
-        users.setdefault(tenant_id, set()).add(user_id)
-
-    def forget() -> None:
-        for tenant_id, user_ids in users.items():
-            search_cache_invalidate(tenant_id=tenant_id, user_ids=user_ids)
-
-    transaction.on_commit(forget, robust=True)
+            embedding_kind(kind).vectors.objects.filter(space_id=space_id, item_id__in=stale).delete()
 
 
 def _literal(vector: list[float]) -> str:
@@ -426,7 +382,7 @@ def _finish_ids(
     re-claimed after its lease expired belongs to another worker and is left alone)."""
     if not rows:
         return set()
-    table = _SOURCES[kind][0]._meta.db_table
+    table = embedding_kind(kind).items._meta.db_table
     ids = [row_id for row_id, _ in rows]
     claims = [claimed for _, claimed in rows]
     messages = errors or [""] * len(rows)
@@ -456,7 +412,7 @@ def _finish_rejected(kind: Kind, rejected: list[tuple[ClaimedItem, datetime, str
 
 def _finish_blank(kind: Kind, blank: list[tuple[ClaimedItem, datetime]]) -> int:
     rows = [(item.id, claimed) for item, claimed in blank]
-    if kind == "conversation":
+    if embedding_kind(kind).blank_state == "skipped":
         return _finish(kind, rows, "skipped")
     return _finish(kind, rows, "failed", ["the text is empty"] * len(rows))
 

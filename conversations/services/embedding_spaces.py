@@ -26,14 +26,8 @@ from clustering.services.assignment import cluster_space_index
 from clustering.services.spaces import clusters_move_to_space
 from conversations.embeddings import embedder_from_config, get_embedder
 from conversations.embeddings.base import Embedder
-from conversations.models import (
-    Conversation,
-    ConversationEmbedding,
-    EmbeddingSpace,
-    Message,
-    MessageEmbedding,
-    SpaceState,
-)
+from conversations.models import EmbeddingSpace, SpaceState
+from conversations.services.embedding_kinds import embedding_kinds
 
 _spaces: dict[tuple[str, int], EmbeddingSpace] = {}
 _embedders: dict[tuple[int, str], Embedder] = {}
@@ -42,9 +36,6 @@ _lock = threading.Lock()
 # Held shared by worker batches while they store vectors and finish items, exclusively by an
 # activation: the two never interleave.
 SPACES_LOCK = 0x636F6E766F5350  # "convoSP"
-
-_INDEXED = ((MessageEmbedding, "msg"), (ConversationEmbedding, "conv"))
-_ITEMS = ((Message, MessageEmbedding), (Conversation, ConversationEmbedding))
 
 
 def embedding_space_for(*, embedder: Embedder, config: Mapping[str, Any] | None = None) -> EmbeddingSpace:
@@ -119,8 +110,8 @@ def embedding_space_index(*, space: EmbeddingSpace) -> None:
     if connection.in_atomic_block:
         with connection.cursor() as cursor:  # no index on a table with deferred FK checks pending
             cursor.execute("SET CONSTRAINTS ALL IMMEDIATE")
-    for model, prefix in _INDEXED:
-        name = f"{prefix}_hnsw_space_{int(space.pk)}"
+    for kind in embedding_kinds():
+        name = f"{kind.index_prefix}_hnsw_space_{int(space.pk)}"
         with connection.cursor() as cursor:
             cursor.execute(
                 "SELECT NOT i.indisvalid FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid WHERE c.relname = %s",
@@ -131,7 +122,7 @@ def embedding_space_index(*, space: EmbeddingSpace) -> None:
                 cursor.execute(f"DROP INDEX {concurrently} IF EXISTS {name}")
             cursor.execute(
                 f"CREATE INDEX {concurrently} IF NOT EXISTS {name} "
-                f"ON {model._meta.db_table} USING hnsw ((embedding::vector({int(space.dimensions)})) "
+                f"ON {kind.vectors._meta.db_table} USING hnsw ((embedding::vector({int(space.dimensions)})) "
                 f"vector_cosine_ops) WITH (m = {int(settings.EMBEDDING_HNSW_M)}, "
                 f"ef_construction = {int(settings.EMBEDDING_HNSW_EF_CONSTRUCTION)}) "
                 f"WHERE space_id = {int(space.pk)}"
@@ -143,9 +134,9 @@ def embedding_space_unindex(*, space: EmbeddingSpace) -> None:
     """Drop the space's HNSW indexes (a retired space is never searched). Its vectors stay, so
     switching back costs an index build and a catch-up, not a re-embedding."""
     concurrently = "" if connection.in_atomic_block else "CONCURRENTLY"
-    for _, prefix in _INDEXED:
+    for kind in embedding_kinds():
         with connection.cursor() as cursor:
-            cursor.execute(f"DROP INDEX {concurrently} IF EXISTS {prefix}_hnsw_space_{int(space.pk)}")
+            cursor.execute(f"DROP INDEX {concurrently} IF EXISTS {kind.index_prefix}_hnsw_space_{int(space.pk)}")
     with connection.cursor() as cursor:
         cursor.execute(f"DROP INDEX {concurrently} IF EXISTS cluster_hnsw_space_{int(space.pk)}")
 
@@ -157,9 +148,10 @@ def embedding_space_active() -> EmbeddingSpace | None:
 def embedding_space_building_start(*, embedder: Embedder, config: Mapping[str, Any]) -> EmbeddingSpace:
     """The ``building`` space of ``embedder``'s model for a switch: created, resumed, or revived
     from ``retired``. ``config`` replaces the stored one (a resumed switch may move the provider's
-    URL). A revived space loses its conversation vectors first: summaries may have changed while
-    nothing kept the space up to date (messages never change), and the backfill fills them again,
-    mostly from the embedding cache. Refuses when a switch to another model is under way."""
+    URL). A revived space loses the vectors of every kind whose text can change (conversation
+    summaries, knowledge entries) first: they may have changed while nothing kept the space up to
+    date (messages never change), and the backfill fills them again, mostly from the embedding
+    cache. Refuses when a switch to another model is under way."""
     with transaction.atomic():
         other = EmbeddingSpace.objects.filter(state=SpaceState.BUILDING).exclude(model_id=embedder.model_id).first()
         if other is not None:
@@ -173,7 +165,9 @@ def embedding_space_building_start(*, embedder: Embedder, config: Mapping[str, A
         if space.state == SpaceState.ACTIVE:
             raise ValueError(f"{space.model_id} is already the active space")
         if space.state == SpaceState.RETIRED:
-            ConversationEmbedding.objects.filter(space=space).delete()
+            for kind in embedding_kinds():
+                if kind.mutable_text:
+                    kind.vectors.objects.filter(space=space).delete()
         space.state, space.config = SpaceState.BUILDING, dict(config)
         space.save(update_fields=["state", "config"])
     return space
@@ -226,11 +220,11 @@ def embedding_space_states_sync(*, space: EmbeddingSpace) -> tuple[int, int]:
     (the new model rejected it, or it was finished by a worker that did not yet know the space)
     goes back to ``pending`` for the worker. Returns (now done, back to pending)."""
     done = pending = 0
-    for item_model, vector_model in _ITEMS:
-        items, vectors = item_model._meta.db_table, vector_model._meta.db_table
+    for kind in embedding_kinds():
+        items, vectors = kind.items._meta.db_table, kind.vectors._meta.db_table
         has_vector = f"EXISTS (SELECT 1 FROM {vectors} AS e WHERE e.item_id = t.id AND e.space_id = %s)"
         with connection.cursor() as cursor:
-            if item_model is Message:
+            if kind.finish_in_worker:
                 # A message must pass through the worker to be clustered: back to pending (its
                 # vector comes from the cache), not straight to done.
                 cursor.execute(

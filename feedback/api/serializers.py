@@ -12,9 +12,13 @@ from feedback.models import (
     THUMBS_UP,
     Feedback,
     FeedbackKind,
+    KnowledgeEntry,
+    KnowledgeEntryVersion,
+    KnowledgeSource,
     LearningItem,
     LearningSource,
     LearningStatus,
+    LookupDecision,
     OwnerCorrection,
     ResponseAnalytics,
     VoiceTranscript,
@@ -157,6 +161,7 @@ class LearningItemSerializer(serializers.ModelSerializer):
     correction_id = serializers.UUIDField(allow_null=True)
     feedback_id = serializers.UUIDField(allow_null=True)
     cluster_id = serializers.UUIDField(allow_null=True)
+    entry_id = serializers.UUIDField(allow_null=True, help_text="The knowledge entry it created or updated.")
 
     class Meta:
         model = LearningItem
@@ -175,6 +180,7 @@ class LearningItemSerializer(serializers.ModelSerializer):
             "reviewed_by",
             "reviewed_at",
             "review_note",
+            "entry_id",
             "created_at",
         ]
 
@@ -198,6 +204,21 @@ TranscriptPageSerializer = _page(TranscriptSerializer, "TranscriptPageSerializer
 LearningItemPageSerializer = _page(LearningItemSerializer, "LearningItemPageSerializer")
 
 
+class KnowledgeCountsSerializer(serializers.Serializer):
+    entries = serializers.IntegerField(source="knowledge_entries", help_text="Knowledge entries.")
+    active = serializers.IntegerField(source="knowledge_active", help_text="Active knowledge entries.")
+
+
+class LookupCountsSerializer(serializers.Serializer):
+    days = serializers.IntegerField(help_text="The window counted, in days (today included).")
+    answered = serializers.IntegerField()
+    suggested = serializers.IntegerField()
+    unmatched = serializers.IntegerField()
+    hit_rate = serializers.FloatField(
+        allow_null=True, help_text="answered / all lookups in the window; null when there were none."
+    )
+
+
 class FeedbackRatingsSerializer(serializers.Serializer):
     total = serializers.IntegerField(source="feedback_total")
     ratings = serializers.DictField(child=serializers.IntegerField(), help_text='Ratings by value, "1" to "5".')
@@ -212,3 +233,91 @@ class FeedbackStatsSerializer(serializers.Serializer):
         child=serializers.IntegerField(),
         help_text="The learning queue by status (pending, approved, rejected, applied).",
     )
+    knowledge = KnowledgeCountsSerializer(source="*")
+    lookups = LookupCountsSerializer()
+
+
+# --- the knowledge base ---------------------------------------------------------------------------
+
+
+@extend_schema_field({"type": "string", "enum": KnowledgeSource.values}, component_name="KnowledgeSourceEnum")
+class KnowledgeSourceField(serializers.ChoiceField):
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(choices=KnowledgeSource.choices, **kwargs)
+
+
+@extend_schema_field({"type": "string", "enum": LookupDecision.values}, component_name="LookupDecisionEnum")
+class LookupDecisionField(serializers.ChoiceField):
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(choices=LookupDecision.choices, **kwargs)
+
+
+class KnowledgeEntrySerializer(serializers.ModelSerializer):
+    source = KnowledgeSourceField()  # type: ignore[assignment]
+    tags = serializers.ListField(child=serializers.CharField())
+    embedding_state = serializers.CharField(
+        help_text="pending until the worker has embedded the question (it is found by words meanwhile)."
+    )
+
+    class Meta:
+        model = KnowledgeEntry
+        fields = [
+            "id",
+            "key",
+            "question",
+            "answer",
+            "tags",
+            "source",
+            "active",
+            "version",
+            "updated_by",
+            "embedding_state",
+            "created_at",
+            "updated_at",
+        ]
+
+
+KnowledgeEntryPageSerializer = _page(KnowledgeEntrySerializer, "KnowledgeEntryPageSerializer")
+
+
+class KnowledgeVersionSerializer(serializers.ModelSerializer):
+    tags = serializers.ListField(child=serializers.CharField())
+    learning_item_id = serializers.UUIDField(allow_null=True)
+
+    class Meta:
+        model = KnowledgeEntryVersion
+        fields = [
+            "version",
+            "question",
+            "answer",
+            "tags",
+            "active",
+            "changed_by",
+            "change",
+            "learning_item_id",
+            "created_at",
+        ]
+
+
+class KnowledgeHitSerializer(serializers.Serializer):
+    entry = KnowledgeEntrySerializer()
+    similarity = serializers.FloatField(
+        allow_null=True, help_text="Cosine similarity of the questions; null when found by words alone."
+    )
+    score = serializers.FloatField(help_text="What the hits are ordered by (similarity, text rank or fused rank).")
+
+
+class KnowledgeSearchResultSerializer(serializers.Serializer):
+    results = KnowledgeHitSerializer(many=True, source="hits")
+    strategy = serializers.CharField()
+
+
+class AnswerLookupSerializer(serializers.Serializer):
+    decision = LookupDecisionField(
+        help_text="answer: confident enough to send; suggest: show it to a human first; no_match: nothing near."
+    )
+    answer = serializers.CharField(allow_null=True, source="entry.answer", default=None)
+    entry = KnowledgeEntrySerializer(allow_null=True)
+    similarity = serializers.FloatField(help_text="The chosen entry's similarity to the question.")
+    agreement = serializers.FloatField(help_text="The answer's share of the neighbours' votes.")
+    candidates = KnowledgeHitSerializer(many=True)

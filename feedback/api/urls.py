@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from django.urls import URLPattern, URLResolver
+from django.urls import URLPattern, URLResolver, re_path
 
 from conversations.api.urls import OptionalSlashRouter
+from feedback.api.knowledge_io_views import KnowledgeExportView, KnowledgeImportView
+from feedback.api.knowledge_views import KnowledgeViewSet
 from feedback.api.views import (
     AnalyticsViewSet,
     CorrectionViewSet,
@@ -19,5 +21,10 @@ router.register("corrections", CorrectionViewSet, basename="correction")
 router.register("analytics", AnalyticsViewSet, basename="analytics")
 router.register("transcripts", TranscriptViewSet, basename="transcript")
 router.register("learning-items", LearningItemViewSet, basename="learning-item")
+router.register("knowledge", KnowledgeViewSet, basename="knowledge")
 
 urlpatterns: list[URLPattern | URLResolver] = [*router.urls]
+urlpatterns += [
+    re_path(r"^knowledge/import/?$", KnowledgeImportView.as_view(), name="knowledge-import"),
+    re_path(r"^knowledge/export/?$", KnowledgeExportView.as_view(), name="knowledge-export"),
+]

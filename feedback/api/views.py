@@ -84,7 +84,7 @@ LEARNING_PARAMETERS = [
 ]
 
 
-def _actor(request: Request) -> Actor:
+def request_actor(request: Request) -> Actor:
     """A review by API names the caller by its key's public prefix (never the key's hash)."""
     principal = request.user
     if not isinstance(principal, TenantPrincipal):  # IsTenant has already refused such requests
@@ -219,13 +219,19 @@ class LearningItemViewSet(TenantScopedViewSet):
         request=LearningApproveIn,
         responses={200: out.LearningItemSerializer, **ERRORS, **CONFLICT},
         description="Approve a pending item, with its proposed answer or an edited `answer` (required when it "
-        "proposes none, as low-rating items do). 409 unless pending.",
+        "proposes none, as low-rating items do), and take it into the knowledge base: it ends `applied`, with "
+        "`entry_id` the entry it created or updated (or stays `approved` when it has no question; give "
+        "`question`). 409 unless pending.",
     )
     @action(detail=True, methods=["post"])
     def approve(self, request: Request, pk: str) -> Response:
         payload = parse_payload(LearningApproveIn, request.data)
         item = learning_item_approve(
-            item=self.get_object(), actor=_actor(request), answer=payload.answer, note=payload.note
+            item=self.get_object(),
+            actor=request_actor(request),
+            answer=payload.answer,
+            question=payload.question,
+            note=payload.note,
         )
         return Response(out.LearningItemSerializer(item).data)
 
@@ -237,5 +243,5 @@ class LearningItemViewSet(TenantScopedViewSet):
     @action(detail=True, methods=["post"])
     def reject(self, request: Request, pk: str) -> Response:
         payload = parse_payload(LearningRejectIn, request.data)
-        item = learning_item_reject(item=self.get_object(), actor=_actor(request), note=payload.note)
+        item = learning_item_reject(item=self.get_object(), actor=request_actor(request), note=payload.note)
         return Response(out.LearningItemSerializer(item).data)

@@ -236,7 +236,8 @@ def test_review_over_http(api: APIClient, mine: Exchange) -> None:
 
     approved = api.post(f"{API}/learning-items/{first}/approve", {"answer": "edited fix"}, format="json")
     assert approved.status_code == 200, approved.content
-    assert approved.json()["status"] == "approved"
+    assert approved.json()["status"] == "applied"  # approving takes it into the knowledge base
+    assert approved.json()["entry_id"] is not None
     assert approved.json()["approved_answer"] == "edited fix"
     assert approved.json()["reviewed_by"].startswith("api-key:")
     assert api.post(f"{API}/learning-items/{first}/approve", {}, format="json").status_code == 409
@@ -248,7 +249,7 @@ def test_review_over_http(api: APIClient, mine: Exchange) -> None:
 
     assert "answer" in fields_of(api.post(f"{API}/learning-items/{low}/approve", {}, format="json"))
     assert api.get(f"{API}/learning-items/{low}").json()["status"] == "pending"
-    assert [r["id"] for r in api.get(f"{API}/learning-items", {"status": "approved"}).json()["results"]] == [first]
+    assert [r["id"] for r in api.get(f"{API}/learning-items", {"status": "applied"}).json()["results"]] == [first]
     assert [r["id"] for r in api.get(f"{API}/learning-items", {"source": "low_rating"}).json()["results"]] == [low]
     assert "status" in fields_of(api.get(f"{API}/learning-items", {"status": "maybe"}))
     assert "note" in fields_of(api.post(f"{API}/learning-items/{low}/reject", {"note": 5}, format="json"))
@@ -272,6 +273,8 @@ def test_stats_count_feedback_corrections_and_the_queue(api: APIClient, other_ap
         },
         "corrections": 1,
         "learning_items": {"pending": 3, "approved": 0, "rejected": 0, "applied": 0},
+        "knowledge": {"entries": 0, "active": 0},
+        "lookups": {"days": 30, "answered": 0, "suggested": 0, "unmatched": 0, "hit_rate": None},
     }
     other = other_api.get(f"{API}/feedback/stats").json()
     assert other["feedback"]["total"] == 0 and other["corrections"] == 0

@@ -145,7 +145,7 @@ def test_approve_records_who_and_when_and_a_second_review_conflicts(tenant: Tena
 
     approved = learning_item_approve(item=item, actor=REVIEWER, note="good")
 
-    assert approved.status == LearningStatus.APPROVED
+    assert approved.status == LearningStatus.APPLIED  # approved, and taken into the knowledge base
     assert approved.approved_answer == "We open 10 to 16 on Sundays."
     assert (approved.reviewed_by, approved.review_note) == ("user:reviewer", "good")
     assert approved.reviewed_at is not None
@@ -169,7 +169,7 @@ def test_a_low_rating_item_needs_an_answer_to_be_approved(tenant: Tenant, mine: 
     with pytest.raises(ServiceError) as refused:
         learning_item_approve(item=item, actor=REVIEWER)
     assert refused.value.fields is not None and "answer" in refused.value.fields
-    assert learning_item_approve(item=item, actor=REVIEWER, answer="Open 10-16.").status == LearningStatus.APPROVED
+    assert learning_item_approve(item=item, actor=REVIEWER, answer="Open 10-16.").status == LearningStatus.APPLIED
 
 
 def test_reject_then_approve_conflicts(tenant: Tenant, mine: Exchange) -> None:

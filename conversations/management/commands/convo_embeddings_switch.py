@@ -23,14 +23,10 @@ from django.db import DatabaseError, connection
 from clustering.services.spaces import clusters_follow_space
 from conversations.embeddings import embedder_from_config
 from conversations.embeddings.base import Embedder, EmbeddingError, EmbeddingUnavailable
-from conversations.models import Conversation, EmbeddingSpace, Message, SpaceState
-from conversations.services.embedding import (
-    FIRST_ID,
-    KINDS,
-    embedding_backfill_missing,
-    embedding_backfill_page,
-)
+from conversations.models import EmbeddingSpace, SpaceState
+from conversations.services.embedding import FIRST_ID, embedding_backfill_missing, embedding_backfill_page
 from conversations.services.embedding_kick import embedding_kick
+from conversations.services.embedding_kinds import embedding_kinds
 from conversations.services.embedding_spaces import (
     embedding_space_abandon,
     embedding_space_activate,
@@ -198,10 +194,11 @@ class Command(BaseCommand):
             self.stdout.write(f"dropped the HNSW indexes of {space.model_id} (its vectors stay, for a rollback)")
 
     def _pass(self, *, space: EmbeddingSpace, embedder: Embedder, options: dict[str, Any], label: str) -> PassResult:
-        """One keyset pass over every message and conversation without a vector in ``space``."""
+        """One keyset pass over every item (message, conversation, knowledge entry) without a
+        vector in ``space``."""
         result = PassResult()
         pages = 0
-        for kind in KINDS:
+        for kind in (each.name for each in embedding_kinds()):
             progress = Progress(self.stderr, f"{label} {kind}s", embedding_backfill_missing(kind=kind, space=space))
             after = FIRST_ID
             try:
@@ -236,10 +233,11 @@ class Command(BaseCommand):
             return
         what = "create" if space is None else {"building": "resume", "retired": "revive"}[space.state]
         self.stdout.write(f"would {what} the space of {embedder.model_id} ({embedder.dimensions} dimensions)")
-        for kind in KINDS:
-            model = Message if kind == "message" else Conversation
-            missing = embedding_backfill_missing(kind=kind, space=space) if space else model.objects.count()
-            self.stdout.write(f"{kind}s to embed: {missing} (blank ones are skipped)")
+        for kind in embedding_kinds():
+            missing = (
+                embedding_backfill_missing(kind=kind.name, space=space) if space else kind.items.objects.count()
+            )
+            self.stdout.write(f"{kind.name}s to embed: {missing} (blank ones are skipped)")
 
     def _target(self, options: dict[str, Any]) -> tuple[dict[str, Any], Embedder]:
         """The new model's EMBEDDINGS-shaped config and its embedder."""
