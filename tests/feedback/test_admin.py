@@ -1,5 +1,5 @@
 """The admin: records are read-only; the review queue shows an escaped side-by-side diff and
-approves or rejects in bulk through the services."""
+approves (and so applies) or rejects in bulk through the services."""
 
 from __future__ import annotations
 
@@ -72,7 +72,9 @@ def test_bulk_approve_and_reject_go_through_the_services(staff: Client, tenant: 
 
     first.refresh_from_db()
     low.refresh_from_db()
-    assert (first.status, first.approved_answer, first.reviewed_by) == (LearningStatus.APPROVED, "one", "user:reviewer")
+    # Approving applies: the item ends applied, linked to the entry that now answers its question.
+    assert (first.status, first.approved_answer, first.reviewed_by) == (LearningStatus.APPLIED, "one", "user:reviewer")
+    assert first.entry is not None and (first.entry.question, first.entry.answer) == (mine.question.text, "one")
     assert low.status == LearningStatus.PENDING  # no proposed answer: refused, reported
     shown = [str(m) for m in response.context["messages"]]
     assert "Approved 1 item(s)." in shown
@@ -81,5 +83,5 @@ def test_bulk_approve_and_reject_go_through_the_services(staff: Client, tenant: 
     staff.post(url, {"action": "reject_selected", "_selected_action": [str(first.pk), str(second.pk)]})
     first.refresh_from_db()
     second.refresh_from_db()
-    assert (first.status, second.status) == (LearningStatus.APPROVED, LearningStatus.REJECTED)
+    assert (first.status, second.status) == (LearningStatus.APPLIED, LearningStatus.REJECTED)
     assert Feedback.objects.count() == 1
