@@ -74,6 +74,8 @@ def knowledge_fields_clean(*, question: str, answer: str, tags: Sequence[str] = 
     ):
         if not text:
             errors[field] = ["This field may not be blank."]
+        elif "\x00" in text:  # PostgreSQL text cannot store it
+            errors[field] = ["This field may not contain NUL characters."]
         elif len(text) > limit:
             errors[field] = [f"Ensure this field has at most {limit} characters."]
     cleaned = tuple(dict.fromkeys(tag.strip().lower() for tag in tags if tag.strip()))
@@ -82,6 +84,8 @@ def knowledge_fields_clean(*, question: str, answer: str, tags: Sequence[str] = 
         errors["tags"] = [f"Ensure there are at most {settings.KNOWLEDGE_MAX_TAGS} tags."]
     elif any(len(tag) > tag_chars for tag in cleaned):
         errors["tags"] = [f"Ensure each tag has at most {tag_chars} characters."]
+    elif any("\x00" in tag for tag in cleaned):
+        errors["tags"] = ["A tag may not contain NUL characters."]
     if errors:
         raise ServiceError("The knowledge entry is not valid.", fields=errors)
     return EntryFields(question=question, answer=answer, tags=cleaned)

@@ -221,3 +221,9 @@ def test_lookup_counters_add_up_per_tenant_and_show_in_stats(tenant: Tenant, oth
     stats = feedback_stats(tenant=tenant)
     assert stats.lookups.hit_rate == 0.5
     assert feedback_stats(tenant=other_tenant).lookups.hit_rate == 0.0
+
+
+def test_nul_characters_are_refused_naming_the_field() -> None:
+    with pytest.raises(ServiceError) as caught:
+        knowledge_fields_clean(question="why\x00", answer="because\x00", tags=["a\x00"])
+    assert set(caught.value.fields) == {"question", "answer", "tags"}
