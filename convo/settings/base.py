@@ -29,6 +29,7 @@ INSTALLED_APPS = [
     "drf_spectacular",
     "drf_spectacular_sidecar",
     "django_q",
+    "convo",
     "conversations",
     "clustering",
     "feedback",
@@ -100,5 +101,6 @@ from convo.settings.clustering import *  # noqa: E402,F403
 from convo.settings.embeddings import *  # noqa: E402,F403
 from convo.settings.feedback import *  # noqa: E402,F403
 from convo.settings.limits import *  # noqa: E402,F403
+from convo.settings.operations import *  # noqa: E402,F403
 from convo.settings.q_cluster import *  # noqa: E402,F403
 from convo.settings.worker import *  # noqa: E402,F403

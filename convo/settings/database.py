@@ -1,8 +1,9 @@
 """DATABASES: ``DATABASE_URL`` when set, otherwise the embedded PostgreSQL under the data dir.
 
 Seed 001's pool settings, on Django's own psycopg pool: a bounded pool per process, a bounded
-wait for a connection, a statement timeout so a runaway query cannot hold a connection forever,
-an idle-in-transaction timeout, and an application name that shows up in ``pg_stat_activity``.
+wait for a connection, a connect timeout, a statement timeout so a runaway query cannot hold a
+connection forever, an idle-in-transaction timeout, and an application name that shows up in
+``pg_stat_activity``.
 """
 
 from __future__ import annotations
@@ -34,6 +35,8 @@ def database_settings(*, data_dir: Path) -> dict[str, dict[str, Any]]:
     # Parallel test runs against one server each need their own test database.
     default["TEST"] = {"NAME": env.str("CONVO_TEST_DB_NAME", default=f"test_{default['NAME']}")}
     default["OPTIONS"] = {
+        # libpq waits this long for a connection (its minimum is 2 s; psycopg's default is 130 s).
+        "connect_timeout": env.int("DB_CONNECT_TIMEOUT_SECONDS", default=5),
         **default.get("OPTIONS", {}),
         "application_name": env.str("DB_APPLICATION_NAME", default="convo"),
         "options": f"-c statement_timeout={statement_timeout_ms} "

@@ -28,5 +28,7 @@ EMBEDDINGS = {
     "DIMENSIONS": 384,
     "OPTIONS": {},
 }
+# Tasks run inline: no django-q2 cluster to find (tests of the worker check turn this on).
+READYZ_EXPECT_WORKER = False
 # One process: the per-process cache is coherent, so the search result cache can be tested.
 SEARCH_CACHE_LOCAL = True
