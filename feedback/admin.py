@@ -44,6 +44,7 @@ from django.utils.text import Truncator
 
 from clustering.services.moderation import Actor
 from conversations.admin import BigTableAdmin, adopt_saved
+from conversations.models import Tenant
 from convo.errors import Conflict, NotFound, ServiceError
 from feedback.knowledge import (
     knowledge_entry_create,
@@ -63,6 +64,7 @@ from feedback.models import (
     ResponseAnalytics,
     VoiceTranscript,
 )
+from feedback.selectors import feedback_stats
 from feedback.services import learning_item_approve, learning_item_reject
 
 if TYPE_CHECKING:
@@ -138,8 +140,19 @@ class _ReadOnlyAdmin(BigTableAdmin):
 
 @admin.register(Feedback)
 class FeedbackAdmin(_ReadOnlyAdmin):
+    """The list carries the feedback app's counters above it (``feedback_stats``, the same figures
+    as ``GET /api/v1/feedback/stats``): of the tenant chosen in the filter, or of every tenant."""
+
     list_display = ("id", "__str__", "source", "tenant", "conversation_id", "created_at")
     list_filter = ("tenant", "kind", "value", "source")
+    change_list_template = "admin/feedback/feedback/change_list.html"
+
+    def changelist_view(self, request: HttpRequest, extra_context: dict[str, Any] | None = None) -> HttpResponse:
+        tenant_id = request.GET.get("tenant__id__exact", "")
+        tenant = Tenant.objects.filter(pk=int(tenant_id)).first() if tenant_id.isdigit() else None
+        stats = feedback_stats(tenant=tenant)
+        context = {**(extra_context or {}), "feedback_stats": stats, "stats_tenant": tenant}
+        return super().changelist_view(request, context)
 
 
 @admin.register(OwnerCorrection)

@@ -81,13 +81,14 @@ class LookupCounts:
         return self.answered / total if total else None
 
 
-def feedback_stats(*, tenant: Tenant, days: int = 30) -> FeedbackStats:
+def feedback_stats(*, tenant: Tenant | None, days: int = 30) -> FeedbackStats:
     """Feedback by rating (1-5), by thumbs and by channel; corrections; the learning queue by
     status; knowledge entries; answer lookups of the last ``days`` days by decision. A few
-    grouped queries over the tenant's rows."""
+    grouped queries over the tenant's rows (every tenant's, for staff, when ``tenant`` is None)."""
+    scope = {} if tenant is None else {"tenant": tenant}
     ratings = {str(value): 0 for value in range(1, 6)}
     thumbs = {"up": 0, "down": 0}
-    rows = list(Feedback.objects.filter(tenant=tenant).values("kind", "value").annotate(n=Count("id")).order_by())
+    rows = list(Feedback.objects.filter(**scope).values("kind", "value").annotate(n=Count("id")).order_by())
     for row in rows:
         if row["kind"] == FeedbackKind.RATING:
             ratings[str(row["value"])] = row["n"]
@@ -95,20 +96,20 @@ def feedback_stats(*, tenant: Tenant, days: int = 30) -> FeedbackStats:
             thumbs["up" if row["value"] == THUMBS_UP else "down"] += row["n"]
     by_channel = {
         row["source"]: row["n"]
-        for row in Feedback.objects.filter(tenant=tenant).values("source").annotate(n=Count("id")).order_by("source")
+        for row in Feedback.objects.filter(**scope).values("source").annotate(n=Count("id")).order_by("source")
     }
-    knowledge = KnowledgeEntry.objects.filter(tenant=tenant).aggregate(
+    knowledge = KnowledgeEntry.objects.filter(**scope).aggregate(
         entries=Count("id"), active=Count("id", filter=Q(active=True))
     )
     queue = dict.fromkeys(LearningStatus.values, 0)
-    for by_status in LearningItem.objects.filter(tenant=tenant).values("status").annotate(n=Count("id")).order_by():
+    for by_status in LearningItem.objects.filter(**scope).values("status").annotate(n=Count("id")).order_by():
         queue[by_status["status"]] = by_status["n"]
     return FeedbackStats(
         feedback_total=sum(row["n"] for row in rows),
         ratings=ratings,
         thumbs=thumbs,
         by_channel=by_channel,
-        corrections=OwnerCorrection.objects.filter(tenant=tenant).count(),
+        corrections=OwnerCorrection.objects.filter(**scope).count(),
         learning_items=queue,
         knowledge_entries=knowledge["entries"],
         knowledge_active=knowledge["active"],
@@ -116,10 +117,12 @@ def feedback_stats(*, tenant: Tenant, days: int = 30) -> FeedbackStats:
     )
 
 
-def knowledge_lookup_counts(*, tenant: Tenant, days: int) -> LookupCounts:
-    """Answer lookups by decision over the last ``days`` days (UTC, today included)."""
+def knowledge_lookup_counts(*, tenant: Tenant | None, days: int) -> LookupCounts:
+    """Answer lookups by decision over the last ``days`` days (UTC, today included), of one
+    tenant or (``None``) of all."""
     since = timezone.now().date() - timedelta(days=days - 1)
-    sums = KnowledgeLookupDay.objects.filter(tenant=tenant, day__gte=since).aggregate(
+    scope = {} if tenant is None else {"tenant": tenant}
+    sums = KnowledgeLookupDay.objects.filter(**scope, day__gte=since).aggregate(
         answered=Sum("answered", default=0),
         suggested=Sum("suggested", default=0),
         unmatched=Sum("unmatched", default=0),

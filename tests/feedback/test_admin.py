@@ -85,3 +85,29 @@ def test_bulk_approve_and_reject_go_through_the_services(staff: Client, tenant: 
     second.refresh_from_db()
     assert (first.status, second.status) == (LearningStatus.APPLIED, LearningStatus.REJECTED)
     assert Feedback.objects.count() == 1
+
+
+def test_the_feedback_list_shows_the_counters_of_the_chosen_tenant(
+    staff: Client, tenant: Tenant, other_tenant: Tenant, mine: Exchange, theirs: Exchange
+) -> None:
+    from feedback.knowledge import knowledge_lookup_count
+
+    for rating in (5, 1):
+        feedback_record(tenant=tenant, payload=FeedbackIn(conversation_id=mine.conversation.pk, rating=rating))
+    feedback_record(tenant=other_tenant, payload=FeedbackIn(conversation_id=theirs.conversation.pk, thumbs="down"))
+    correct(tenant, mine, "fixed")
+    for decision in ("answer", "answer", "answer", "no_match"):
+        knowledge_lookup_count(tenant=tenant, decision=decision)
+
+    url = reverse("admin:feedback_feedback_changelist")
+    mine_page = staff.get(url, {"tenant__id__exact": tenant.pk}).content.decode()
+    assert f"Counters — {tenant}" in mine_page
+    assert '<span class="rating">1: 1</span>' in mine_page and '<span class="rating">5: 1</span>' in mine_page
+    assert "up 0 · down 0" in mine_page
+    assert '<td id="stats-corrections">1</td>' in mine_page
+    assert '<span class="queue">pending: 2</span>' in mine_page  # the correction and the rating of 1
+    assert "3 answered, 0 suggested, 1 unmatched; hit rate 75%" in mine_page
+
+    everyone = staff.get(url).content.decode()
+    assert "Counters — all tenants" in everyone and "up 0 · down 1" in everyone
+    assert '<span class="queue">pending: 3</span>' in everyone
