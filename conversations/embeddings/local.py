@@ -14,8 +14,9 @@ Contract and budget:
   other ``model`` must be a local directory (or already in the Hugging Face cache).
 * ``embed`` encodes in batches of ``batch_size`` with normalised output (unit vectors, so cosine
   is a dot product). Calls on one model are serialised by a per-model lock: the tokenizer is not
-  thread-safe, and torch already spreads one batch over every core. ``threads`` (optional) sets
-  torch's intra-op thread count, which is process-wide.
+  thread-safe, and torch already spreads one batch over its threads. ``threads`` (optional) sets
+  torch's intra-op thread count, which is process-wide; unset, ``EMBEDDINGS_DEFAULT_THREADS``
+  (the cores divided among the ``Q_WORKERS`` processes) applies.
 * A failure inside the model (out of memory, …) is ``EmbeddingUnavailable``; a non-finite or
   mis-sized output is ``EmbeddingInvalid``.
 """
@@ -28,6 +29,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
 
 from conversations.embeddings.base import EmbeddingUnavailable
@@ -60,12 +62,17 @@ def model_path(model: str) -> str:
 
 
 def load_model(path: str, *, threads: int | None = None) -> _Loaded:
-    """The process's single instance of the model at ``path``, loading it on first use."""
+    """The process's single instance of the model at ``path``, loading it on first use. Torch's
+    thread count is set to ``threads``, or else to ``EMBEDDINGS_DEFAULT_THREADS``: the cores
+    shared out among the worker processes, each of which runs its own copy of the model (torch's
+    own default, a thread per core in every process, makes the processes' threads wait for each
+    other: docs/benchmarks.md, issue 3)."""
     with _models_lock:
-        if threads:
+        count = threads or int(getattr(settings, "EMBEDDINGS_DEFAULT_THREADS", 0) or 0)
+        if count:
             import torch
 
-            torch.set_num_threads(threads)
+            torch.set_num_threads(count)
         loaded = _models.get(path)
         if loaded is not None:
             return loaded

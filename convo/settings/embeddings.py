@@ -10,13 +10,14 @@ variable named by EMBEDDINGS_API_KEY_ENV when the embedder is built, never kept 
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from django.core.exceptions import ImproperlyConfigured
 
 from convo.env import env
 
-__all__ = ["EMBEDDINGS"]
+__all__ = ["EMBEDDINGS", "EMBEDDINGS_DEFAULT_THREADS"]
 
 _BACKENDS = {
     "local": "conversations.embeddings.local.SentenceTransformerEmbedder",
@@ -58,8 +59,15 @@ if _backend == "openai":
     # Ask the model for DIMENSIONS-long vectors (text-embedding-3-* only); off: the model's own size.
     _options["send_dimensions"] = env.bool("EMBEDDINGS_SEND_DIMENSIONS", default=False)
 if _backend == "local" and env.int("EMBEDDINGS_THREADS", default=0) > 0:
-    # Torch's intra-op threads (process-wide); unset: torch's default (one per core).
+    # Torch's intra-op threads (process-wide); unset: EMBEDDINGS_DEFAULT_THREADS below.
     _options["threads"] = env.int("EMBEDDINGS_THREADS")
+
+# Torch threads of the local model when EMBEDDINGS_THREADS is unset: this machine's cores divided
+# among the Q_WORKERS worker processes (at least 1). Every worker process runs its own model, and
+# torch's own default (a thread per core in each process) oversubscribes the cores: on 2 cores with
+# 2 workers, acknowledgement-to-searchable p95 at 50 msg/s was 14.5 s with it and 0.38 s with one
+# thread per process (docs/benchmarks.md, issue 3).
+EMBEDDINGS_DEFAULT_THREADS: int = max(1, len(os.sched_getaffinity(0)) // max(1, env.int("Q_WORKERS", default=2)))
 
 EMBEDDINGS: dict[str, Any] = {
     "BACKEND": _BACKENDS[_backend],

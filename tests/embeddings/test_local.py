@@ -81,3 +81,19 @@ def test_a_model_that_is_not_on_disk_is_not_downloaded(monkeypatch):
     with pytest.raises(ImproperlyConfigured, match="offline"):
         SentenceTransformerEmbedder(model="convo-tests/no-such-model", dimensions=384)
     assert attempts == []
+
+
+def test_torch_threads_follow_the_setting_unless_given(embedder, settings):
+    import torch
+
+    from conversations.embeddings.local import load_model, model_path
+
+    before = torch.get_num_threads()
+    try:
+        settings.EMBEDDINGS_DEFAULT_THREADS = 1
+        load_model(model_path("all-MiniLM-L6-v2"))
+        assert torch.get_num_threads() == 1
+        load_model(model_path("all-MiniLM-L6-v2"), threads=2)  # an explicit EMBEDDINGS_THREADS wins
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
