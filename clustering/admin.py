@@ -198,7 +198,6 @@ class MembersInline(_ReadOnlyInline):
             return ("split", *self._columns, "remove")
         return self._columns
 
-
     @admin.display(description="split")
     def split(self, obj: ClusterMembership) -> str:
         return format_html(
@@ -260,7 +259,6 @@ class ActionLogInline(_ReadOnlyInline):
     can_delete = False
     verbose_name = "audit entry"
     verbose_name_plural = f"audit log (the newest {ACTIONS_INLINE_LIMIT}; see “audit log” for the rest)"
-
 
     @admin.display(description="change")
     def what_changed(self, obj: ClusterAction) -> str:

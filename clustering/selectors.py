@@ -14,7 +14,7 @@ from datetime import datetime, timedelta
 from typing import Any
 from uuid import UUID
 
-from django.db import connection
+from django.db import connections
 from django.db.models import Count, F, JSONField, Model, OrderBy, OuterRef, Q, QuerySet, Subquery
 from django.db.models.functions import JSONObject
 from django.utils import timezone
@@ -28,6 +28,7 @@ from clustering.models import (
     JoinMethod,
 )
 from conversations.models import Message, Tenant
+from convo.db_router import read_alias_for
 
 # The list orderings the API offers, each a keyset: the last key is unique, so a cursor (the keys
 # of the last row of a page) names a position exactly, ties and all. They follow the (tenant,
@@ -101,7 +102,7 @@ def cluster_previews(*, tenant: Tenant, cluster_ids: list[UUID], limit: int) -> 
     previews: dict[UUID, list[dict[str, Any]]] = {pk: [] for pk in cluster_ids}
     if not cluster_ids or limit <= 0:
         return previews
-    with connection.cursor() as cursor:
+    with connections[read_alias_for(models=(Cluster, ClusterMembership, Message))].cursor() as cursor:
         cursor.execute(
             f"""
             SELECT m.cluster_id, m.message_id, msg.text, msg.sender_name, m.joined_at

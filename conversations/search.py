@@ -4,7 +4,8 @@ pgvector 0.6 applies WHERE after the HNSW scan, so a filtered HNSW query can sil
 few or the wrong neighbours. Each query therefore first counts (up to a cap) the rows its filters
 match: when they are few, an exact scan over just those rows is both correct and fast; when they
 are many, HNSW runs with ``ef_search`` raised in proportion to how selective the filter is, and
-falls back to the exact scan if it still returns fewer than ``min(k, matching)`` rows.
+falls back to the exact scan if it still returns fewer than ``min(k, matching)`` rows. The count
+is skipped when the planner expects far more rows than the cap (``SEARCH_COUNT_SKIP_FACTOR``).
 
 Ranking blends similarity with recency and channel (seed 004):
 ``score = (1 - time_weight - channel_weight) * similarity + time_weight * recency
@@ -21,11 +22,12 @@ from typing import Any
 from uuid import UUID
 
 from django.conf import settings
-from django.db import connection, transaction
+from django.db import connections, transaction
 from django.utils import timezone
 from psycopg.types.json import Jsonb
 
 from conversations.models import Conversation, ConversationEmbedding, EmbeddingSpace, Message, MessageEmbedding, Tenant
+from convo.db_router import read_alias_for
 
 _VECTORS = MessageEmbedding._meta.db_table
 _MESSAGES = Message._meta.db_table
@@ -82,11 +84,21 @@ def message_neighbours(
     nearest first, with the strategy used and the (capped) count of matching rows."""
     where, params = _where(tenant=tenant, space=space, filters=filters)
     cap: int = settings.SEARCH_EXACT_SCAN_MAX_ROWS
-    with transaction.atomic(), connection.cursor() as cursor:
-        cursor.execute(
-            f"SELECT count(*) FROM (SELECT 1 FROM {_FROM} WHERE {where} LIMIT %s) AS matching", [*params, cap + 1]
-        )
-        matching = int(cursor.fetchone()[0])
+    alias = read_alias_for(models=(MessageEmbedding, Message, Conversation))
+    with transaction.atomic(using=alias), connections[alias].cursor() as cursor:
+        estimated = _estimated_rows(where=where, params=params, cursor=cursor)
+        skip_factor = float(settings.SEARCH_COUNT_SKIP_FACTOR)
+        if skip_factor > 0 and estimated > cap * skip_factor:
+            # Far more rows than an exact scan takes, by the planner's estimate: counting up to the
+            # cap would cost more than the HNSW query itself (7.5 of 11 ms at 100k rows), so it is
+            # skipped. Should the estimate be wrong, a short HNSW answer still falls back to the
+            # exact scan below, so the result is never short.
+            matching = cap + 1
+        else:
+            cursor.execute(
+                f"SELECT count(*) FROM (SELECT 1 FROM {_FROM} WHERE {where} LIMIT %s) AS matching", [*params, cap + 1]
+            )
+            matching = int(cursor.fetchone()[0])
         if matching == 0:
             return [], "exact", 0
         dims = int(space.dimensions)
@@ -98,7 +110,7 @@ def message_neighbours(
                 [_literal(vector), *params, _literal(vector), limit],
             )
             return [(row[0], float(row[1])) for row in cursor.fetchall()], "exact", matching
-        ef_search = _ef_search(where=where, params=params, limit=limit, cursor=cursor)
+        ef_search = _ef_search(estimated=estimated, limit=limit, cursor=cursor)
         cursor.execute(f"SET LOCAL hnsw.ef_search = {ef_search}")
         cursor.execute(
             f"SELECT e.item_id, 1 - {distance} FROM {_FROM} WHERE {where} ORDER BY {distance} LIMIT %s",
@@ -148,7 +160,7 @@ def message_text_search(*, tenant: Tenant, query: str, filters: SearchFilters, l
     configuration: no stemming, any language), best ``ts_rank_cd`` first. The expression matches
     the GIN index ``msg_text_search``."""
     where, params = _where_messages(tenant=tenant, filters=filters)
-    with connection.cursor() as cursor:
+    with connections[read_alias_for(models=(Message, Conversation))].cursor() as cursor:
         cursor.execute(
             f"""
             SELECT m.id, ts_rank_cd({_TSVECTOR}, q) AS rank
@@ -224,7 +236,7 @@ def conversation_neighbours(
     conversations are few, so this is always an exact scan, correct by construction."""
     dims = int(space.dimensions)
     distance = f"(e.embedding::vector({dims}) <=> %s::vector({dims}))"
-    with connection.cursor() as cursor:
+    with connections[read_alias_for(models=(ConversationEmbedding, Conversation))].cursor() as cursor:
         cursor.execute(
             f"""
             SELECT e.item_id, 1 - {distance}
@@ -277,15 +289,19 @@ def _where_messages(*, tenant: Tenant, filters: SearchFilters) -> tuple[str, lis
     return " AND ".join(clauses), params
 
 
-def _ef_search(*, where: str, params: list[Any], limit: int, cursor: Any) -> int:
-    """Enough candidates that ``limit`` of them survive the filter: the HNSW scan walks the whole
-    space, so a filter keeping a fraction f of it needs about limit / f candidates. f comes from
-    the planner's estimates (cheap), and is at least what the capped count already proved."""
-    cursor.execute(f"SELECT reltuples FROM pg_class WHERE oid = '{_VECTORS}'::regclass")
-    total = max(float(cursor.fetchone()[0]), 1.0)
+def _estimated_rows(*, where: str, params: list[Any], cursor: Any) -> float:
+    """The planner's estimate of the rows the filters match: a plan, not a scan (about 0.5 ms)."""
     cursor.execute(f"EXPLAIN (FORMAT JSON) SELECT 1 FROM {_FROM} WHERE {where}", params)
     plan = cursor.fetchone()[0]
-    estimated = float((json.loads(plan) if isinstance(plan, str) else plan)[0]["Plan"]["Plan Rows"])
+    return float((json.loads(plan) if isinstance(plan, str) else plan)[0]["Plan"]["Plan Rows"])
+
+
+def _ef_search(*, estimated: float, limit: int, cursor: Any) -> int:
+    """Enough candidates that ``limit`` of them survive the filter: the HNSW scan walks the whole
+    space, so a filter keeping a fraction f of it needs about limit / f candidates. f comes from
+    the planner's estimate (cheap), and is at least what the capped count already proved."""
+    cursor.execute(f"SELECT reltuples FROM pg_class WHERE oid = '{_VECTORS}'::regclass")
+    total = max(float(cursor.fetchone()[0]), 1.0)
     proven = float(settings.SEARCH_EXACT_SCAN_MAX_ROWS)
     fraction = min(1.0, max(estimated, proven) / total)
     wanted = math.ceil(limit / fraction * settings.SEARCH_EF_SEARCH_MARGIN)

@@ -38,6 +38,7 @@ def main() -> int:
         os.environ["DATABASE_URL"] = server.url(env.str("CONVO_DB_NAME", default="convo"))
         print(f"embedded PostgreSQL 16 + pgvector: {server.pgdata}", flush=True)
 
+    metrics_dir_prepare(data_dir=data_dir)
     children: list[subprocess.Popen[bytes]] = []
     stopping = False
 
@@ -69,6 +70,9 @@ def main() -> int:
                 "30",
                 "--graceful-timeout",
                 "10",
+                # child_exit tells prometheus_client a worker is gone (docs/operations.md).
+                "--config",
+                "python:convo.gunicorn_hooks",
             ],
             cwd=BASE_DIR,
             start_new_session=True,
@@ -124,6 +128,17 @@ def startup_steps() -> list[Step]:
     if env.bool("CONVO_DEMO", default=True):
         steps.append(Step(("convo_demo_load",), required=False))
     return steps
+
+
+def metrics_dir_prepare(*, data_dir: Path) -> Path:
+    """Prometheus multi-process mode for every child: each process writes its metrics to files in
+    ``PROMETHEUS_MULTIPROC_DIR`` (default ``<data dir>/prometheus``), and ``/metrics`` sums them.
+    The folder must be emptied before the processes start, or a run adds the last run's counts."""
+    directory = Path(os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", str(data_dir / "prometheus")))
+    directory.mkdir(parents=True, exist_ok=True)
+    for stale in directory.glob("*.db"):
+        stale.unlink()
+    return directory
 
 
 def _stop_children(children: list[subprocess.Popen[bytes]]) -> None:

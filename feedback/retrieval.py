@@ -24,11 +24,12 @@ from typing import Any
 from uuid import UUID
 
 from django.conf import settings
-from django.db import connection, transaction
+from django.db import connections, transaction
 
 from conversations.models import EmbeddingSpace, Tenant
 from conversations.search import reciprocal_rank_fusion
 from conversations.services.embedding_cache import text_normalize
+from convo.db_router import read_alias_for
 from feedback.models import KnowledgeEmbedding, KnowledgeEntry, LookupDecision
 
 _ENTRIES = KnowledgeEntry._meta.db_table
@@ -92,7 +93,8 @@ def knowledge_neighbours(
     distance = f"(e.embedding::vector({dims}) <=> %s::vector({dims}))"
     literal = _literal(vector)
     select = f"SELECT e.item_id, 1 - {distance} FROM {_FROM} WHERE {where}"
-    with transaction.atomic(), connection.cursor() as cursor:
+    alias = read_alias_for(models=(KnowledgeEmbedding, KnowledgeEntry))
+    with transaction.atomic(using=alias), connections[alias].cursor() as cursor:
         cursor.execute(f"SELECT count(*) FROM (SELECT 1 FROM {_FROM} WHERE {where} LIMIT %s) AS m", [*params, cap + 1])
         matching = int(cursor.fetchone()[0])
         if matching == 0:
@@ -124,7 +126,7 @@ def knowledge_text_matches(
     if tags:
         where += " AND k.tags @> %s::varchar[]"
         params.append(tags)
-    with connection.cursor() as cursor:
+    with connections[read_alias_for(models=(KnowledgeEntry,))].cursor() as cursor:
         cursor.execute(
             f"""
             SELECT k.id, ts_rank_cd({_TSVECTOR}, q) AS rank

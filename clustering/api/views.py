@@ -61,6 +61,7 @@ from convo.api.pagination import keyset_page
 from convo.api.principal import TenantPrincipal
 from convo.api.tenancy import TenantScopedViewSet, request_tenant
 from convo.api.validation import parse_payload
+from convo.db_router import replica_reads
 from convo.errors import NotFound
 
 ERRORS = {
@@ -112,6 +113,7 @@ class ClusterViewSet(TenantScopedViewSet):
         "CLUSTER_LIST_CACHE_SECONDS and dropped at once by any change to the tenant's clusters "
         "(`X-Cache: hit` marks a cached page).",
     )
+    @replica_reads()
     def list(self, request: Request) -> Response:
         query: ClusterListQuery = _query(ClusterListQuery, request)
         params = query.model_dump(mode="json", exclude_none=True)

@@ -62,6 +62,7 @@ from clustering.services.scoring import (
 from conversations.models import Conversation, EmbeddingSpace, Message, MessageEmbedding, Role
 from conversations.services.embedding_cache import text_normalize
 from convo.ids import uuid7
+from convo.monitoring.timings import timed
 
 _CLUSTERS = Cluster._meta.db_table
 _MEMBERS = ClusterMembership._meta.db_table
@@ -175,6 +176,7 @@ def text_key(text: str) -> str:
     return hashlib.sha256(folded.encode()).hexdigest()[:32]
 
 
+@timed("cluster_assignment")
 def clusters_assign_embedded(*, space: EmbeddingSpace, items: list[EmbeddedMessage]) -> list[Assignment]:
     """Assign the inbound (role ``user``) messages among ``items`` that have no cluster yet.
     Must run inside the caller's transaction; takes the tenants' clustering locks until it ends."""

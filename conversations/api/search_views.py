@@ -29,7 +29,9 @@ from conversations.services.embedding_cache import embed_texts_cached, text_norm
 from convo.api.errors import FieldErrors
 from convo.api.tenancy import request_tenant
 from convo.api.validation import parse_payload
+from convo.db_router import replica_reads
 from convo.errors import Overloaded
+from convo.monitoring.timed_views import TimedViewMixin
 
 
 class SearchHitSerializer(serializers.Serializer):
@@ -115,8 +117,11 @@ def _filters(payload: SearchIn) -> SearchFilters:
     )
 
 
-class SearchView(APIView):
+class SearchView(TimedViewMixin, APIView):
+    timing_operation = "search"
+
     @extend_schema(request=SearchIn, responses={200: SearchResultSerializer, 503: OpenApiTypes.OBJECT})
+    @replica_reads()
     def post(self, request: Request) -> Response:
         payload = parse_payload(SearchIn, request.data)
         tenant = request_tenant(request)
@@ -177,7 +182,9 @@ def _result_body(result: SearchResult) -> dict[str, Any]:
     return {"results": results, "strategy": result.strategy, "threshold": threshold, "matching": result.matching}
 
 
-class ContextView(APIView):
+class ContextView(TimedViewMixin, APIView):
+    timing_operation = "context_build"
+
     @extend_schema(request=ContextIn, responses={200: ContextSerializer, 503: OpenApiTypes.OBJECT})
     def post(self, request: Request) -> Response:
         payload = parse_payload(ContextIn, request.data)

@@ -42,6 +42,7 @@ from convo.api.errors import FieldErrors
 from convo.api.pagination import NewestFirstCursorPagination, OldestFirstCursorPagination
 from convo.api.tenancy import TenantScopedViewSet, request_tenant
 from convo.api.validation import batch_items, parse_item, parse_payload
+from convo.monitoring.timed_views import TimedViewMixin
 
 UUID_PATTERN = "[0-9a-fA-F]{8}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{12}"
 
@@ -54,8 +55,12 @@ IDEMPOTENCY_KEY = OpenApiParameter(
 BACKPRESSURE = {503: OpenApiTypes.OBJECT}
 
 
-class IdempotentWritesViewSet(TenantScopedViewSet):
-    """A tenant-scoped viewset whose writes run once per ``Idempotency-Key`` (when sent)."""
+class IdempotentWritesViewSet(TimedViewMixin, TenantScopedViewSet):
+    """A tenant-scoped viewset whose writes run once per ``Idempotency-Key`` (when sent). Its
+    ingest actions are timed as ``ingest_ack``, request to response (docs/operations.md)."""
+
+    timing_operation = "ingest_ack"
+    timing_actions = frozenset({"create", "batch", "messages"})
 
     def respond(self, scope: str, build: Callable[[], tuple[int, Any]]) -> Response:
         key = self.request.headers.get("Idempotency-Key")

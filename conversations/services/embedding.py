@@ -38,6 +38,7 @@ from conversations.services.embedding_spaces import (
     embedding_space_for,
     embedding_spaces_live,
 )
+from convo.monitoring.prometheus import metrics_embedded_count
 
 logger = logging.getLogger(__name__)
 
@@ -162,9 +163,11 @@ def embedding_drain(*, embedder: Embedder | None = None, seconds: float | None =
         space, active_embedder = current
         claimed = 0
         for each in embedding_kinds():
-            claimed += embedding_process_batch(
+            outcome = embedding_process_batch(
                 kind=each.name, embedder=active_embedder, space=space, limit=settings.EMBEDDING_BATCH_SIZE
-            ).claimed
+            )
+            claimed += outcome.claimed
+            metrics_embedded_count(kind=each.name, count=outcome.done)
         total += claimed
         if not claimed:
             break

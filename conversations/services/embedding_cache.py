@@ -22,6 +22,8 @@ from django.utils import timezone
 
 from conversations.embeddings.base import Embedder, EmbeddingInvalid, EmbeddingRejected
 from conversations.models import EmbeddingCacheEntry, EmbeddingCacheStats
+from convo.monitoring.prometheus import metrics_cache_count
+from convo.monitoring.timings import timed
 
 HOT_TTL_SECONDS = 24 * 60 * 60
 
@@ -49,26 +51,14 @@ def embed_texts_cached(*, embedder: Embedder, texts: Sequence[str], count: bool 
     ``failures``; ``EmbeddingUnavailable`` propagates: the whole batch should be retried later."""
     outcome = CacheOutcome()
     keys = {text: cache_key(embedder.model_id, text) for text in dict.fromkeys(texts)}
-
-    hot = cache.get_many([f"emb:{key}" for key in keys.values()])
-    for text, key in keys.items():
-        packed = hot.get(f"emb:{key}")
-        if packed is not None:
-            outcome.vectors[text] = array("f", packed).tolist()
-    outcome.hot_hits = len(outcome.vectors)
-
-    wanted = {key: text for text, key in keys.items() if text not in outcome.vectors}
-    if wanted:
-        stored = EmbeddingCacheEntry.objects.filter(key__in=list(wanted)).values_list("key", "embedding")
-        found = {wanted[key]: [float(x) for x in vector] for key, vector in stored}
-        outcome.durable_hits = len(found)
-        outcome.vectors.update(found)
-        _hot_set({keys[text]: vector for text, vector in found.items()})
+    with timed("cache_lookup"):
+        _lookup(keys, outcome)
 
     missing = [text for text in keys if text not in outcome.vectors]
     outcome.misses = len(missing)
     if missing:
-        fresh = _embed_isolating_failures(embedder, missing, outcome.failures)
+        with timed("embedding_call"):
+            fresh = _embed_isolating_failures(embedder, missing, outcome.failures)
         if fresh:
             with transaction.atomic():
                 EmbeddingCacheEntry.objects.bulk_create(
@@ -83,6 +73,25 @@ def embed_texts_cached(*, embedder: Embedder, texts: Sequence[str], count: bool 
     if count:
         _count(embedder.model_id, outcome)
     return outcome
+
+
+def _lookup(keys: dict[str, str], outcome: CacheOutcome) -> None:
+    """Fill ``outcome`` from the hot layer, then from the durable table (timed together as the
+    ``cache_lookup`` operation)."""
+    hot = cache.get_many([f"emb:{key}" for key in keys.values()])
+    for text, key in keys.items():
+        packed = hot.get(f"emb:{key}")
+        if packed is not None:
+            outcome.vectors[text] = array("f", packed).tolist()
+    outcome.hot_hits = len(outcome.vectors)
+
+    wanted = {key: text for text, key in keys.items() if text not in outcome.vectors}
+    if wanted:
+        stored = EmbeddingCacheEntry.objects.filter(key__in=list(wanted)).values_list("key", "embedding")
+        found = {wanted[key]: [float(x) for x in vector] for key, vector in stored}
+        outcome.durable_hits = len(found)
+        outcome.vectors.update(found)
+        _hot_set({keys[text]: vector for text, vector in found.items()})
 
 
 def _embed_isolating_failures(embedder: Embedder, texts: list[str], failures: dict[str, str]) -> dict[str, list[float]]:
@@ -109,6 +118,7 @@ def _hot_set(vectors: dict[str, list[float]]) -> None:
 def _count(model_id: str, outcome: CacheOutcome) -> None:
     if not (outcome.hot_hits or outcome.durable_hits or outcome.misses):
         return
+    metrics_cache_count(hot_hits=outcome.hot_hits, durable_hits=outcome.durable_hits, misses=outcome.misses)
     stats, _ = EmbeddingCacheStats.objects.get_or_create(model_id=model_id, day=timezone.now().date())
     EmbeddingCacheStats.objects.filter(pk=stats.pk).update(
         hot_hits=F("hot_hits") + outcome.hot_hits,

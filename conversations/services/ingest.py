@@ -27,6 +27,8 @@ from conversations.services.results import Accepted, ItemResult, Rejected
 from convo.db import retry_on_deadlock
 from convo.errors import Conflict
 from convo.ids import uuid7
+from convo.monitoring.prometheus import metrics_ingested_count
+from convo.monitoring.timings import timed
 
 _CONVERSATIONS = Conversation._meta.db_table
 _MESSAGES = Message._meta.db_table
@@ -64,6 +66,7 @@ RETURNING id, external_user_id, session_id
 _PENDING = EmbeddingState.PENDING.value
 
 
+@timed("batch_insert")
 @retry_on_deadlock()
 @transaction.atomic
 def conversation_create_batch(*, tenant: Tenant, payloads: Sequence[ConversationIn]) -> list[ItemResult]:
@@ -110,6 +113,7 @@ def conversation_create_batch(*, tenant: Tenant, payloads: Sequence[Conversation
 
     if any(isinstance(result, Accepted) for result in results):
         embedding_kick_on_commit()
+        _count_on_commit(conversations=len(inserted), messages=len(stored_messages))
     missing = [(index, payload) for index, conversation_id, payload in rows if conversation_id not in inserted]
     if missing:
         for index, result in _explain_conversation_conflicts(tenant, missing, fingerprints).items():
@@ -125,6 +129,7 @@ def conversation_create(*, tenant: Tenant, payload: ConversationIn) -> Accepted:
     return result
 
 
+@timed("batch_insert")
 @retry_on_deadlock()
 @transaction.atomic
 def message_ingest_batch(
@@ -162,6 +167,7 @@ def message_ingest_batch(
     inserted = _insert_messages(tenant, message_rows)
     if inserted:
         embedding_kick_on_commit()
+        _count_on_commit(conversations=0, messages=len(inserted))
     replays: list[tuple[int, MessageIn]] = []
     for message_id, message, conversation_id in message_rows:
         index = positions[message_id]
@@ -194,6 +200,16 @@ def conversation_messages_add(
         InboundMessageIn.model_construct(**dict(payload), conversation_id=conversation_id) for payload in payloads
     ]
     return message_ingest_batch(tenant=tenant, payloads=inbound)
+
+
+def _count_on_commit(*, conversations: int, messages: int) -> None:
+    """Count stored items for Prometheus once they are committed (acknowledged)."""
+
+    def count() -> None:
+        metrics_ingested_count(kind="conversation", count=conversations)
+        metrics_ingested_count(kind="message", count=messages)
+
+    transaction.on_commit(count)
 
 
 # --- storage ---------------------------------------------------------------------------------

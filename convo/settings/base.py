@@ -33,6 +33,7 @@ INSTALLED_APPS = [
     "conversations",
     "clustering",
     "feedback",
+    "metrics",
 ]
 
 MIDDLEWARE = [

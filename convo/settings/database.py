@@ -3,7 +3,8 @@
 Seed 001's pool settings, on Django's own psycopg pool: a bounded pool per process, a bounded
 wait for a connection, a connect timeout, a statement timeout so a runaway query cannot hold a
 connection forever, an idle-in-transaction timeout, and an application name that shows up in
-``pg_stat_activity``.
+``pg_stat_activity``. With ``DATABASE_REPLICA_URL``, a ``replica`` alias with the same settings,
+read by the paths that opt in (convo/db_router.py, docs/scaling.md).
 """
 
 from __future__ import annotations
@@ -30,27 +31,44 @@ def database_settings(*, data_dir: Path) -> dict[str, dict[str, Any]]:
             "PORT": str(server.port),
         }
     default["ENGINE"] = "django.db.backends.postgresql"
-    statement_timeout_ms = env.int("DB_STATEMENT_TIMEOUT_MS", default=10_000)
-    idle_in_tx_timeout_ms = env.int("DB_IDLE_IN_TRANSACTION_TIMEOUT_MS", default=60_000)
     # Parallel test runs against one server each need their own test database.
     default["TEST"] = {"NAME": env.str("CONVO_TEST_DB_NAME", default=f"test_{default['NAME']}")}
-    default["OPTIONS"] = {
+    databases = {"default": _connection_configure(default)}
+    if env.str("DATABASE_REPLICA_URL", default=""):
+        # A streaming replica of the primary for the read paths that opt in (convo/db_router.py).
+        # Tests mirror it to default: the suite never creates a test database on a replica.
+        replica = env.db_url("DATABASE_REPLICA_URL")
+        replica["ENGINE"] = "django.db.backends.postgresql"
+        replica["TEST"] = {"MIRROR": "default"}
+        databases["replica"] = _connection_configure(replica)
+    return databases
+
+
+def _connection_configure(db: dict[str, Any]) -> dict[str, Any]:
+    """The timeouts, the application name and the pool (or persistent connections), the same
+    for every alias."""
+    statement_timeout_ms = env.int("DB_STATEMENT_TIMEOUT_MS", default=10_000)
+    idle_in_tx_timeout_ms = env.int("DB_IDLE_IN_TRANSACTION_TIMEOUT_MS", default=60_000)
+    db["OPTIONS"] = {
         # libpq waits this long for a connection (its minimum is 2 s; psycopg's default is 130 s).
         "connect_timeout": env.int("DB_CONNECT_TIMEOUT_SECONDS", default=5),
-        **default.get("OPTIONS", {}),
+        **db.get("OPTIONS", {}),
         "application_name": env.str("DB_APPLICATION_NAME", default="convo"),
         "options": f"-c statement_timeout={statement_timeout_ms} "
         f"-c idle_in_transaction_session_timeout={idle_in_tx_timeout_ms}",
     }
+    # Behind PgBouncer in transaction pooling, a server-side cursor (QuerySet.iterator()) would
+    # outlive the transaction's server connection: docs/scaling.md.
+    db["DISABLE_SERVER_SIDE_CURSORS"] = env.bool("DB_DISABLE_SERVER_SIDE_CURSORS", default=False)
     if not _pool_allowed():
         # Plain connections, which django-q2 closes around its forks, reused for a minute.
-        default["CONN_MAX_AGE"] = 60
-        default["CONN_HEALTH_CHECKS"] = True
-        return {"default": default}
-    default["CONN_MAX_AGE"] = 0  # the pool owns connection lifetime
-    default["CONN_HEALTH_CHECKS"] = False
-    default["OPTIONS"] = {
-        **default["OPTIONS"],
+        db["CONN_MAX_AGE"] = 60
+        db["CONN_HEALTH_CHECKS"] = True
+        return db
+    db["CONN_MAX_AGE"] = 0  # the pool owns connection lifetime
+    db["CONN_HEALTH_CHECKS"] = False
+    db["OPTIONS"] = {
+        **db["OPTIONS"],
         "pool": {
             "min_size": env.int("DB_POOL_MIN_SIZE", default=2),
             "max_size": env.int("DB_POOL_MAX_SIZE", default=20),
@@ -59,7 +77,7 @@ def database_settings(*, data_dir: Path) -> dict[str, dict[str, Any]]:
             "max_lifetime": env.float("DB_POOL_MAX_LIFETIME_SECONDS", default=3600.0),
         },
     }
-    return {"default": default}
+    return db
 
 
 def _pool_allowed() -> bool:

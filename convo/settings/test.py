@@ -32,3 +32,7 @@ EMBEDDINGS = {
 READYZ_EXPECT_WORKER = False
 # One process: the per-process cache is coherent, so the search result cache can be tested.
 SEARCH_CACHE_LOCAL = True
+# Timings wait for timings_flush() (no flusher thread writing to the test database behind the
+# tests' backs), in the database whatever REDIS_URL says; Redis-store tests build their own.
+TIMINGS_FLUSH_SECONDS = float(os.environ.get("TIMINGS_FLUSH_SECONDS", "0"))
+TIMINGS_STORE = os.environ.get("TIMINGS_STORE", "database")

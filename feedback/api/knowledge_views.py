@@ -22,6 +22,9 @@ from conversations.api.views import UUID_PATTERN
 from convo.api.pagination import keyset_page
 from convo.api.tenancy import TenantScopedViewSet
 from convo.api.validation import parse_payload
+from convo.db_router import replica_reads
+from convo.monitoring.prometheus import metrics_lookup_count
+from convo.monitoring.timed_views import TimedViewMixin
 from feedback.api import serializers as out
 from feedback.api.views import ERRORS, PAGE_PARAMETERS, request_actor
 from feedback.knowledge import (
@@ -51,8 +54,12 @@ LIST_PARAMETERS = [
 ]
 
 
-class KnowledgeViewSet(TenantScopedViewSet):
+class KnowledgeViewSet(TimedViewMixin, TenantScopedViewSet):
     """Knowledge entries: approved answers the answer lookup returns for look-alike questions."""
+
+    # The answer lookup is timed request to response (docs/operations.md, "Timings").
+    timing_operation = "answer_lookup"
+    timing_actions = frozenset({"lookup"})
 
     base_queryset = KnowledgeEntry.objects.all()
     serializer_class = out.KnowledgeEntrySerializer
@@ -141,6 +148,7 @@ class KnowledgeViewSet(TenantScopedViewSet):
         "the words of question and answer (`text`), or both fused by reciprocal rank (`hybrid`, the default).",
     )
     @action(detail=False, methods=["post"])
+    @replica_reads()
     def search(self, request: Request) -> Response:
         payload = parse_payload(KnowledgeSearchIn, request.data)
         space = vector = None
@@ -174,4 +182,5 @@ class KnowledgeViewSet(TenantScopedViewSet):
             tenant=self.tenant, space=space, vector=query_vector(payload.question, embedder, field="question")
         )
         knowledge_lookup_count(tenant=self.tenant, decision=result.decision)
+        metrics_lookup_count(decision=result.decision)
         return Response(out.AnswerLookupSerializer(result).data)

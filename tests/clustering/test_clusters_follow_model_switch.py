@@ -34,7 +34,9 @@ def test_clusters_move_to_the_new_space_and_keep_taking_members(tenant, inbound:
     shared = cluster_of(first)
     assert shared == cluster_of(second) and shared.space.dimensions == 384
 
-    call_command("convo_embeddings_switch", "--backend=hashing", "--dimensions=128", stdout=StringIO(), stderr=StringIO())
+    call_command(
+        "convo_embeddings_switch", "--backend=hashing", "--dimensions=128", stdout=StringIO(), stderr=StringIO()
+    )
 
     new = EmbeddingSpace.objects.get(state="active")
     assert new.dimensions == 128
@@ -67,7 +69,9 @@ def test_a_message_the_old_model_failed_is_clustered_after_the_switch(tenant, in
     (failed,) = inbound(tenant, "how much does the premium plan cost each month", drain=False)
     Message.objects.filter(pk=failed.pk).update(embedding_state="failed", embedding_error="old model refused it")
 
-    call_command("convo_embeddings_switch", "--backend=hashing", "--dimensions=128", stdout=StringIO(), stderr=StringIO())
+    call_command(
+        "convo_embeddings_switch", "--backend=hashing", "--dimensions=128", stdout=StringIO(), stderr=StringIO()
+    )
     # The switch hands it to the worker (run at once here: tasks are synchronous in tests), which
     # finishes it from the cache and clusters it, rather than marking it done unclustered.
     failed.refresh_from_db()
@@ -82,7 +86,9 @@ def test_a_cluster_left_behind_follows_once_its_members_have_vectors(tenant, inb
     first, second = inbound(
         tenant, "how much does the premium plan cost per month", "how much does the premium plan cost each month"
     )
-    call_command("convo_embeddings_switch", "--backend=hashing", "--dimensions=128", stdout=StringIO(), stderr=StringIO())
+    call_command(
+        "convo_embeddings_switch", "--backend=hashing", "--dimensions=128", stdout=StringIO(), stderr=StringIO()
+    )
     new = EmbeddingSpace.objects.get(state="active")
     old = EmbeddingSpace.objects.get(state="retired")
     cluster = cluster_of(first)

@@ -53,8 +53,10 @@ def consistent(cluster: Cluster) -> bool:
         return True
     same_sum = gap < 1e-4
     member_ids = set(ClusterMembership.objects.filter(cluster=cluster).values_list("message_id", flat=True))
-    return same_sum and (first, last) == (cluster.first_message_at, cluster.last_message_at) and (
-        cluster.representative_id in member_ids
+    return (
+        same_sum
+        and (first, last) == (cluster.first_message_at, cluster.last_message_at)
+        and (cluster.representative_id in member_ids)
     )
 
 

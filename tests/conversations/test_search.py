@@ -65,6 +65,9 @@ def test_recall_at_10_under_selective_filters(corpus, tenant, settings):
     """With the default cap every per-user query is an exact scan; with a cap of 100 the 1% and
     10% users (and the unfiltered query) go through HNSW with a raised ef_search."""
     space, vectors, ids, owners, rng = corpus
+    # The strategy under test is the one the capped count picks; the planner-estimate shortcut
+    # (tested below with fresh statistics) depends on statistics earlier tests leave behind.
+    settings.SEARCH_COUNT_SKIP_FACTOR = 0
     queries = rng.normal(size=(20, DIMS)).astype(np.float32)
     queries /= np.linalg.norm(queries, axis=1, keepdims=True)
     for exact_cap, user in [(cap, user) for cap in (10_000, 100) for user in [*USERS, None]]:
@@ -81,6 +84,31 @@ def test_recall_at_10_under_selective_filters(corpus, tenant, settings):
         expected_strategy = "exact" if mask.sum() <= exact_cap else "hnsw"
         assert strategy.startswith(expected_strategy), (user, strategy)
         assert np.mean(recalls) >= 0.95, (user, exact_cap, np.mean(recalls))
+
+
+@pytest.mark.slow
+def test_the_count_is_skipped_when_the_planner_expects_far_more_rows_than_the_cap(corpus, tenant, settings):
+    """Unfiltered over 20k rows with a cap of 100: the planner's estimate is far above 10x the cap,
+    so no capped count runs, HNSW answers, and recall holds; with the skip turned off the count runs."""
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    space, vectors, ids, owners, rng = corpus
+    with connection.cursor() as cursor:  # the planner's estimate needs statistics, as autovacuum keeps them
+        cursor.execute(f"ANALYZE {Message._meta.db_table}; ANALYZE {Conversation._meta.db_table}")
+    settings.SEARCH_EXACT_SCAN_MAX_ROWS = 100
+    query = rng.normal(size=DIMS).astype(np.float32)
+    query /= np.linalg.norm(query)
+    for factor, counted in ((10.0, False), (0.0, True)):
+        settings.SEARCH_COUNT_SKIP_FACTOR = factor
+        with CaptureQueriesContext(connection) as queries:
+            found, strategy, matching = message_neighbours(
+                tenant=tenant, space=space, vector=query.tolist(), filters=SearchFilters(), limit=10
+            )
+        assert any("count(*)" in q["sql"] for q in queries.captured_queries) is counted
+        assert strategy.startswith("hnsw") and matching == 101
+        expected = brute_force(vectors, ids, np.ones(len(owners), dtype=bool), query, 10)
+        assert len(expected & {row_id for row_id, _ in found}) >= 9
 
 
 def test_result_count_is_min_of_k_and_matching_rows(tenant, other_tenant):

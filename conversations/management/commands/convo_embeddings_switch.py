@@ -234,9 +234,7 @@ class Command(BaseCommand):
         what = "create" if space is None else {"building": "resume", "retired": "revive"}[space.state]
         self.stdout.write(f"would {what} the space of {embedder.model_id} ({embedder.dimensions} dimensions)")
         for kind in embedding_kinds():
-            missing = (
-                embedding_backfill_missing(kind=kind.name, space=space) if space else kind.items.objects.count()
-            )
+            missing = embedding_backfill_missing(kind=kind.name, space=space) if space else kind.items.objects.count()
             self.stdout.write(f"{kind.name}s to embed: {missing} (blank ones are skipped)")
 
     def _target(self, options: dict[str, Any]) -> tuple[dict[str, Any], Embedder]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from django.conf import settings
 from django.core.management.base import BaseCommand
 from django_q.models import Schedule
 
@@ -15,6 +16,23 @@ SCHEDULES: dict[str, dict[str, Any]] = {
     },
     "convo: send due deliveries": {
         "func": "clustering.tasks.send_due_deliveries",
+        "schedule_type": Schedule.MINUTES,
+        "minutes": 1,
+    },
+    # The metric views (metrics/): intervals are settings, so a changed one lands on the next deploy.
+    "convo: refresh conversation_metrics": {
+        "func": "metrics.tasks.refresh_conversation_metrics",
+        "schedule_type": Schedule.MINUTES,
+        "minutes": settings.METRICS_CONVERSATION_REFRESH_MINUTES,
+    },
+    "convo: refresh performance_stats": {
+        "func": "metrics.tasks.refresh_performance_stats",
+        "schedule_type": Schedule.MINUTES,
+        "minutes": settings.METRICS_PERFORMANCE_REFRESH_MINUTES,
+    },
+    # Alert rules (docs/operations.md, "Alerts"): one episode per firing, raised and resolved here.
+    "convo: evaluate alerts": {
+        "func": "convo.monitoring.tasks.alerts_evaluate_task",
         "schedule_type": Schedule.MINUTES,
         "minutes": 1,
     },
