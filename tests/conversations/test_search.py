@@ -45,6 +45,10 @@ def corpus(tenant):
     from django.db import connection
 
     with connection.cursor() as cursor:
+        # Fresh statistics first: the deferred foreign-key checks run through plans this connection
+        # may have cached while the tables were nearly empty (a sequential scan per row of 20k rows,
+        # past the statement timeout); ANALYZE invalidates those plans.
+        cursor.execute(f"ANALYZE {Message._meta.db_table}; ANALYZE {Conversation._meta.db_table}")
         # The load's deferred foreign-key checks must run before an index can be built in this transaction.
         cursor.execute("SET CONSTRAINTS ALL IMMEDIATE")
     embedding_space_index(space=space)  # built after the load: much faster than 20k inserts into it

@@ -48,6 +48,9 @@ def corpus(settings):
         active = np.array([e.active for e in entries])
         data[name] = (tenant, vectors[active], np.array([e.pk for e in entries])[active])
     with connection.cursor() as cursor:
+        # Fresh statistics, so the deferred foreign-key checks are planned for these row counts
+        # (plans cached while the tables were empty would scan them once per row).
+        cursor.execute(f"ANALYZE {KnowledgeEntry._meta.db_table}")
         cursor.execute("SET CONSTRAINTS ALL IMMEDIATE")  # before an index build in this transaction
     embedding_space_index(space=space)
     with connection.cursor() as cursor:
