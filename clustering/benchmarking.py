@@ -59,11 +59,6 @@ from clustering.models import Cluster, ClusteringPolicy, ClusterMembership, Clus
 from clustering.services.assignment import EmbeddedMessage, clusters_assign_embedded, text_key
 from clustering.services.matrix import ROW_COLUMNS, ClusterMatrix, cluster_matrices_clear
 from conversations.embeddings import get_embedder
-from conversations.management.commands.convo_benchmark_ingest import (
-    _benchmark_kicks_delete,
-    _database_url,
-    _tenant_rows_delete,
-)
 from conversations.models import (
     Conversation,
     EmbeddingCacheEntry,
@@ -87,6 +82,7 @@ from conversations.services.ingest import message_ingest_batch
 from conversations.services.results import Accepted
 from conversations.services.tenants import tenant_api_key_create, tenant_create
 from convo.api.renderers import FastJSONRenderer
+from convo.benchmark_db import benchmark_database_url, benchmark_kicks_delete, benchmark_tenant_rows_delete
 from convo.benchmarking import Summary, cpu_busy_since, cpu_times, render_lines, summarize
 from convo.db import no_statement_timeout
 from convo.ids import uuid7
@@ -214,7 +210,7 @@ class ClusteringBenchmark:
         if self.keep:
             return
         with no_statement_timeout():
-            _tenant_rows_delete(tenant.pk)
+            benchmark_tenant_rows_delete(tenant.pk)
         self.tenants = [t for t in self.tenants if t.pk != tenant.pk]
 
     def _space(self) -> EmbeddingSpace:
@@ -471,7 +467,7 @@ class ClusteringBenchmark:
                     now if answered[index] else None,
                 )
             )
-        with psycopg.connect(_database_url(), options="-c statement_timeout=0") as bulk:
+        with psycopg.connect(benchmark_database_url(), options="-c statement_timeout=0") as bulk:
             from pgvector.psycopg import register_vector
 
             register_vector(bulk)
@@ -821,14 +817,14 @@ class ClusteringBenchmark:
         counts: Counter[str] = Counter()
         with no_statement_timeout():
             for tenant in self.tenants:
-                counts.update(_tenant_rows_delete(tenant.pk))
+                counts.update(benchmark_tenant_rows_delete(tenant.pk))
         dropped = len(self.tenants)
         self.tenants = []
         keys = sorted(self.created_cache_keys)
         cache_rows = 0
         for start in range(0, len(keys), 5000):
             cache_rows += EmbeddingCacheEntry.objects.filter(key__in=keys[start : start + 5000]).delete()[0]
-        kicks = _benchmark_kicks_delete(self.started_wall - timedelta(seconds=1))
+        kicks = benchmark_kicks_delete(self.started_wall - timedelta(seconds=1))
         admission_cache_clear()
         self.write(
             f"\ncleanup: {dropped} tenants left to delete"

@@ -36,6 +36,7 @@ from conversations.services.embedding import embedding_drain
 from conversations.services.embedding_cache import embed_texts_cached, text_normalize
 from conversations.services.embedding_spaces import embedding_space_active_embedder
 from conversations.services.tenants import tenant_create
+from convo.benchmark_db import benchmark_tenant_rows_delete
 from convo.benchmarking import Summary, render_lines, summarize
 from convo.db import no_statement_timeout
 from feedback.knowledge import knowledge_entry_create, knowledge_fields_clean
@@ -200,8 +201,6 @@ class KnowledgeBenchmark:
 def knowledge_benchmark_tenant_delete(*, tenant_id: int) -> None:
     """Delete the benchmark tenant's knowledge and then the tenant, in a few statements (the
     ORM's cascade would load every entry and version into Python first)."""
-    from conversations.management.commands.convo_benchmark_ingest import _tenant_rows_delete
-
     entries = KnowledgeEntry._meta.db_table
     with no_statement_timeout(), transaction.atomic(), connection.cursor() as cursor:
         cursor.execute(
@@ -210,7 +209,7 @@ def knowledge_benchmark_tenant_delete(*, tenant_id: int) -> None:
             [tenant_id],
         )
     with no_statement_timeout():
-        _tenant_rows_delete(tenant_id)
+        benchmark_tenant_rows_delete(tenant_id)
 
 
 def report_lines(report: Report) -> str:

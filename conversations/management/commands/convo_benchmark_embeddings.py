@@ -62,11 +62,6 @@ from django.urls import Resolver404, resolve
 
 from conversations.embeddings import get_embedder
 from conversations.embeddings.base import Embedder
-from conversations.management.commands.convo_benchmark_ingest import (
-    _benchmark_kicks_delete,
-    _database_url,
-    _tenant_rows_delete,
-)
 from conversations.models import (
     Conversation,
     ConversationEmbedding,
@@ -86,6 +81,7 @@ from conversations.services.embedding_cache import cache_key, text_normalize
 from conversations.services.embedding_spaces import embedding_space_for, embedding_space_index
 from conversations.services.ingest import message_ingest, message_ingest_batch
 from conversations.services.tenants import tenant_api_key_create, tenant_create
+from convo.benchmark_db import benchmark_database_url, benchmark_kicks_delete, benchmark_tenant_rows_delete
 from convo.benchmarking import (
     GunicornServer,
     JsonClient,
@@ -467,7 +463,7 @@ class EmbeddingsBenchmark:
         env = {
             **{k: v for k, v in os.environ.items() if k not in {"REDIS_URL", "DJANGO_SETTINGS_MODULE"}},
             "DJANGO_SETTINGS_MODULE": settings.SETTINGS_MODULE,
-            "DATABASE_URL": _database_url(),
+            "DATABASE_URL": benchmark_database_url(),
             "Q_BROKER": "orm",
             "Q_WORKERS": str(plan.q_workers),
             "EMBEDDING_BATCH_SIZE": str(plan.latency_batch_size),
@@ -476,7 +472,7 @@ class EmbeddingsBenchmark:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         table = Message._meta.db_table
 
-        with psycopg.connect(_database_url(), autocommit=True) as poll_connection:
+        with psycopg.connect(benchmark_database_url(), autocommit=True) as poll_connection:
 
             def fetch_done(ids: list[Any]) -> list[Any]:
                 rows = poll_connection.execute(
@@ -684,7 +680,7 @@ class EmbeddingsBenchmark:
         env = {
             **os.environ,
             "DJANGO_SETTINGS_MODULE": "convo.settings.production",
-            "DATABASE_URL": _database_url(),
+            "DATABASE_URL": benchmark_database_url(),
             "SECURE_SSL_REDIRECT": "false",
             "SECRET_KEY": os.environ.get("SECRET_KEY") or secrets.token_urlsafe(64),
         }
@@ -945,7 +941,7 @@ class EmbeddingsBenchmark:
                 conversations.append((conversation, user))
             conversation_of[row] = conversation
             filled += 1
-        with psycopg.connect(_database_url(), options="-c statement_timeout=0") as bulk:
+        with psycopg.connect(benchmark_database_url(), options="-c statement_timeout=0") as bulk:
             from pgvector.psycopg import register_vector
 
             register_vector(bulk)
@@ -991,7 +987,7 @@ class EmbeddingsBenchmark:
         with no_statement_timeout(), connection.cursor() as cursor:
             for prefix in ("msg", "conv"):
                 cursor.execute(f"DROP INDEX CONCURRENTLY IF EXISTS {prefix}_hnsw_space_{int(space.pk)}")
-            deleted = _tenant_rows_delete(tenant.pk)
+            deleted = benchmark_tenant_rows_delete(tenant.pk)
         EmbeddingSpace.objects.filter(pk=space.pk).delete()
         self.tenants = [t for t in self.tenants if t.pk != tenant.pk]
         self.bench_spaces = [(s, t) for s, t in self.bench_spaces if s.pk != space.pk]
@@ -1014,12 +1010,12 @@ class EmbeddingsBenchmark:
         counts: Counter[str] = Counter()
         with no_statement_timeout():
             for tenant in self.tenants:
-                counts.update(_tenant_rows_delete(tenant.pk))
+                counts.update(benchmark_tenant_rows_delete(tenant.pk))
         keys = [cache_key(self._embedder().model_id, text) for text in self.cached_texts] if self.embedder else []
         cache_rows = 0
         for start in range(0, len(keys), 5000):
             cache_rows += EmbeddingCacheEntry.objects.filter(key__in=keys[start : start + 5000]).delete()[0]
-        kicks = _benchmark_kicks_delete(self.started_wall - timedelta(seconds=1))
+        kicks = benchmark_kicks_delete(self.started_wall - timedelta(seconds=1))
         dropped_space = ""
         if self.space_created and self.space is not None:
             used = (

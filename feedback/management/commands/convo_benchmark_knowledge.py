@@ -18,6 +18,7 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.utils import timezone
 
+from convo.benchmark_db import benchmark_kicks_delete
 from convo.benchmarking_search import BANKING77_DIR
 from feedback.benchmarking import KnowledgeBenchmark, labelled_rows, report_lines
 from feedback.retrieval import Thresholds
@@ -86,9 +87,7 @@ def _spread(rows: list[Any], count: int | None) -> list[Any]:
 
 
 def _kicks_delete(since: Any) -> None:
-    from conversations.management.commands.convo_benchmark_ingest import _benchmark_kicks_delete
-
-    _benchmark_kicks_delete(since)
+    benchmark_kicks_delete(since)
 
 
 def _interrupt(signum: int, frame: FrameType | None) -> None:
