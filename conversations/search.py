@@ -1,11 +1,8 @@
 """Semantic search over a tenant's messages: the read side of the embeddings.
 
-pgvector 0.6 applies WHERE after the HNSW scan, so a filtered HNSW query can silently return too
-few or the wrong neighbours. Each query therefore first counts (up to a cap) the rows its filters
-match: when they are few, an exact scan over just those rows is both correct and fast; when they
-are many, HNSW runs with ``ef_search`` raised in proportion to how selective the filter is, and
-falls back to the exact scan if it still returns fewer than ``min(k, matching)`` rows. The count
-is skipped when the planner expects far more rows than the cap (``SEARCH_COUNT_SKIP_FACTOR``).
+The neighbours come from ``conversations.nearest.filtered_neighbours``: an exact scan when the
+filters match few rows, HNSW with a raised ``ef_search`` when they match many, and the exact scan
+again when HNSW comes back short (that module says why pgvector needs this).
 
 Ranking blends similarity with recency and channel (seed 004):
 ``score = (1 - time_weight - channel_weight) * similarity + time_weight * recency
@@ -14,19 +11,18 @@ Ranking blends similarity with recency and channel (seed 004):
 
 from __future__ import annotations
 
-import json
-import math
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 from uuid import UUID
 
 from django.conf import settings
-from django.db import connections, transaction
+from django.db import connections
 from django.utils import timezone
 from psycopg.types.json import Jsonb
 
 from conversations.models import Conversation, ConversationEmbedding, EmbeddingSpace, Message, MessageEmbedding, Tenant
+from conversations.nearest import filtered_neighbours, vector_literal
 from convo.db_router import read_alias_for
 
 _VECTORS = MessageEmbedding._meta.db_table
@@ -83,47 +79,16 @@ def message_neighbours(
     """The ``limit`` nearest messages (id, cosine similarity) among those ``filters`` match,
     nearest first, with the strategy used and the (capped) count of matching rows."""
     where, params = _where(tenant=tenant, space=space, filters=filters)
-    cap: int = settings.SEARCH_EXACT_SCAN_MAX_ROWS
-    alias = read_alias_for(models=(MessageEmbedding, Message, Conversation))
-    with transaction.atomic(using=alias), connections[alias].cursor() as cursor:
-        estimated = _estimated_rows(where=where, params=params, cursor=cursor)
-        skip_factor = float(settings.SEARCH_COUNT_SKIP_FACTOR)
-        if skip_factor > 0 and estimated > cap * skip_factor:
-            # Far more rows than an exact scan takes, by the planner's estimate: counting up to the
-            # cap would cost more than the HNSW query itself (7.5 of 11 ms at 100k rows), so it is
-            # skipped. Should the estimate be wrong, a short HNSW answer still falls back to the
-            # exact scan below, so the result is never short.
-            matching = cap + 1
-        else:
-            cursor.execute(
-                f"SELECT count(*) FROM (SELECT 1 FROM {_FROM} WHERE {where} LIMIT %s) AS matching", [*params, cap + 1]
-            )
-            matching = int(cursor.fetchone()[0])
-        if matching == 0:
-            return [], "exact", 0
-        dims = int(space.dimensions)
-        distance = f"(e.embedding::vector({dims}) <=> %s::vector({dims}))"
-        if matching <= cap:
-            # "+ 0" keeps the planner off the HNSW index: this is the exact scan of the matching rows.
-            cursor.execute(
-                f"SELECT e.item_id, 1 - {distance} FROM {_FROM} WHERE {where} ORDER BY {distance} + 0 LIMIT %s",
-                [_literal(vector), *params, _literal(vector), limit],
-            )
-            return [(row[0], float(row[1])) for row in cursor.fetchall()], "exact", matching
-        ef_search = _ef_search(estimated=estimated, limit=limit, cursor=cursor)
-        cursor.execute(f"SET LOCAL hnsw.ef_search = {ef_search}")
-        cursor.execute(
-            f"SELECT e.item_id, 1 - {distance} FROM {_FROM} WHERE {where} ORDER BY {distance} LIMIT %s",
-            [_literal(vector), *params, _literal(vector), limit],
-        )
-        rows = [(row[0], float(row[1])) for row in cursor.fetchall()]
-        if len(rows) >= limit:
-            return rows, "hnsw", matching
-        cursor.execute(
-            f"SELECT e.item_id, 1 - {distance} FROM {_FROM} WHERE {where} ORDER BY {distance} + 0 LIMIT %s",
-            [_literal(vector), *params, _literal(vector), limit],
-        )
-        return [(row[0], float(row[1])) for row in cursor.fetchall()], "hnsw+exact", matching
+    return filtered_neighbours(
+        alias=read_alias_for(models=(MessageEmbedding, Message, Conversation)),
+        vectors_table=_VECTORS,
+        from_sql=_FROM,
+        where=where,
+        params=params,
+        dims=int(space.dimensions),
+        vector=vector,
+        limit=limit,
+    )
 
 
 def message_search(
@@ -244,7 +209,7 @@ def conversation_neighbours(
              WHERE e.space_id = %s AND e.tenant_id = %s AND c.external_user_id = %s AND c.deleted_at IS NULL
              ORDER BY {distance} + 0 LIMIT %s
             """,
-            [_literal(vector), space.pk, tenant.pk, user_id, _literal(vector), limit],
+            [vector_literal(vector), space.pk, tenant.pk, user_id, vector_literal(vector), limit],
         )
         return [(row[0], float(row[1])) for row in cursor.fetchall()]
 
@@ -289,25 +254,6 @@ def _where_messages(*, tenant: Tenant, filters: SearchFilters) -> tuple[str, lis
     return " AND ".join(clauses), params
 
 
-def _estimated_rows(*, where: str, params: list[Any], cursor: Any) -> float:
-    """The planner's estimate of the rows the filters match: a plan, not a scan (about 0.5 ms)."""
-    cursor.execute(f"EXPLAIN (FORMAT JSON) SELECT 1 FROM {_FROM} WHERE {where}", params)
-    plan = cursor.fetchone()[0]
-    return float((json.loads(plan) if isinstance(plan, str) else plan)[0]["Plan"]["Plan Rows"])
-
-
-def _ef_search(*, estimated: float, limit: int, cursor: Any) -> int:
-    """Enough candidates that ``limit`` of them survive the filter: the HNSW scan walks the whole
-    space, so a filter keeping a fraction f of it needs about limit / f candidates. f comes from
-    the planner's estimate (cheap), and is at least what the capped count already proved."""
-    cursor.execute(f"SELECT reltuples FROM pg_class WHERE oid = '{_VECTORS}'::regclass")
-    total = max(float(cursor.fetchone()[0]), 1.0)
-    proven = float(settings.SEARCH_EXACT_SCAN_MAX_ROWS)
-    fraction = min(1.0, max(estimated, proven) / total)
-    wanted = math.ceil(limit / fraction * settings.SEARCH_EF_SEARCH_MARGIN)
-    return int(min(max(wanted, settings.SEARCH_EF_SEARCH_MIN), settings.SEARCH_EF_SEARCH_MAX))
-
-
 def _hydrate(neighbours: list[tuple[UUID, float]], *, ranking: Ranking, now: datetime) -> list[SearchHit]:
     if not neighbours:
         return []
@@ -326,7 +272,3 @@ def _hydrate(neighbours: list[tuple[UUID, float]], *, ranking: Ranking, now: dat
         score = base * sim + ranking.time_weight * recency + ranking.channel_weight * same_channel
         hits.append(SearchHit(message_id, conversation_id, text, role, channel, user_id, created_at, sim, score))
     return hits
-
-
-def _literal(vector: list[float]) -> str:
-    return "[" + ",".join(repr(float(x)) for x in vector) + "]"

@@ -1,11 +1,9 @@
 """Reads of the knowledge base: search (vector, full-text, hybrid) and the answer lookup.
 
-Only a tenant's *active* entries are ever searched or returned. The vector side follows
-conversation search's rules (conversations/search.py), for the same reason: pgvector 0.6 filters
-after the HNSW scan, so when the tenant's entries are few (up to ``SEARCH_EXACT_SCAN_MAX_ROWS``) an
-exact scan of just those is both correct and fast; past that, HNSW runs with ``ef_search`` raised
-by how small a share of the table the tenant holds, and falls back to the exact scan if it comes
-back short.
+Only a tenant's *active* entries are ever searched or returned. The vector side is conversation
+search's own mechanism (``conversations.nearest.filtered_neighbours``): an exact scan of the
+tenant's entries when they are few, HNSW with a raised ``ef_search`` when they are many, and the
+exact scan again if HNSW comes back short.
 
 The answer lookup is seed 003's response cache done by meaning: the ``KNOWLEDGE_LOOKUP_NEIGHBOURS``
 nearest entries vote for their answers (entries with the same answer text vote together), each
@@ -18,15 +16,15 @@ between two answers is suggested, not answered (docs/knowledge.md has the measur
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any
 from uuid import UUID
 
 from django.conf import settings
-from django.db import connections, transaction
+from django.db import connections
 
 from conversations.models import EmbeddingSpace, Tenant
+from conversations.nearest import filtered_neighbours
 from conversations.search import reciprocal_rank_fusion
 from conversations.services.embedding_cache import text_normalize
 from convo.db_router import read_alias_for
@@ -88,32 +86,17 @@ def knowledge_neighbours(
     if tags:
         where += " AND k.tags @> %s::varchar[]"
         params.append(tags)
-    cap = int(settings.SEARCH_EXACT_SCAN_MAX_ROWS)
-    dims = int(space.dimensions)
-    distance = f"(e.embedding::vector({dims}) <=> %s::vector({dims}))"
-    literal = _literal(vector)
-    select = f"SELECT e.item_id, 1 - {distance} FROM {_FROM} WHERE {where}"
-    alias = read_alias_for(models=(KnowledgeEmbedding, KnowledgeEntry))
-    with transaction.atomic(using=alias), connections[alias].cursor() as cursor:
-        cursor.execute(f"SELECT count(*) FROM (SELECT 1 FROM {_FROM} WHERE {where} LIMIT %s) AS m", [*params, cap + 1])
-        matching = int(cursor.fetchone()[0])
-        if matching == 0:
-            return [], "exact"
-        if matching <= cap:
-            # "+ 0" keeps the planner off the HNSW index: an exact scan of the tenant's rows.
-            cursor.execute(f"{select} ORDER BY {distance} + 0 LIMIT %s", [literal, *params, literal, limit])
-            return [(row[0], float(row[1])) for row in cursor.fetchall()], "exact"
-        cursor.execute(f"SELECT reltuples FROM pg_class WHERE oid = '{_VECTORS}'::regclass")
-        total = max(float(cursor.fetchone()[0]), float(matching))
-        wanted = math.ceil(limit / (matching / total) * float(settings.SEARCH_EF_SEARCH_MARGIN))
-        ef_search = min(max(wanted, int(settings.SEARCH_EF_SEARCH_MIN)), int(settings.SEARCH_EF_SEARCH_MAX))
-        cursor.execute(f"SET LOCAL hnsw.ef_search = {int(ef_search)}")
-        cursor.execute(f"{select} ORDER BY {distance} LIMIT %s", [literal, *params, literal, limit])
-        rows = [(row[0], float(row[1])) for row in cursor.fetchall()]
-        if len(rows) >= limit:
-            return rows, "hnsw"
-        cursor.execute(f"{select} ORDER BY {distance} + 0 LIMIT %s", [literal, *params, literal, limit])
-        return [(row[0], float(row[1])) for row in cursor.fetchall()], "hnsw+exact"
+    rows, strategy, _ = filtered_neighbours(
+        alias=read_alias_for(models=(KnowledgeEmbedding, KnowledgeEntry)),
+        vectors_table=_VECTORS,
+        from_sql=_FROM,
+        where=where,
+        params=params,
+        dims=int(space.dimensions),
+        vector=vector,
+        limit=limit,
+    )
+    return rows, strategy
 
 
 def knowledge_text_matches(
@@ -217,7 +200,3 @@ def _hydrate(rows: list[tuple[UUID, float | None, float]]) -> list[KnowledgeHit]
         return []
     entries = KnowledgeEntry.objects.in_bulk([row[0] for row in rows])
     return [KnowledgeHit(entries[i], s, score) for i, s, score in rows if i in entries]
-
-
-def _literal(vector: list[float]) -> str:
-    return "[" + ",".join(repr(float(x)) for x in vector) + "]"

@@ -30,6 +30,7 @@ from django.db import connection, transaction
 
 from conversations.embeddings.base import Embedder, EmbeddingUnavailable
 from conversations.models import EmbeddingSpace, SpaceState
+from conversations.nearest import vector_literal
 from conversations.services.embedding_cache import embed_texts_cached, text_normalize
 from conversations.services.embedding_kinds import EmbeddedItem, embedding_kind, embedding_kinds
 from conversations.services.embedding_spaces import (
@@ -222,7 +223,7 @@ def embedding_backfill_page(
                  ORDER BY t.id
                 ON CONFLICT (item_id, space_id) DO NOTHING
                 """,
-                [space.pk, [g[0] for g in good], [g[1] for g in good], [_literal(g[2]) for g in good]],
+                [space.pk, [g[0] for g in good], [g[1] for g in good], [vector_literal(g[2]) for g in good]],
             )
             stored = cursor.rowcount
     return BackfillPage(
@@ -368,10 +369,6 @@ def _forget_unembedded(
         stale = [item.id for item in items if item.id not in made.get(space_id, {})]
         if stale:
             embedding_kind(kind).vectors.objects.filter(space_id=space_id, item_id__in=stale).delete()
-
-
-def _literal(vector: list[float]) -> str:
-    return "[" + ",".join(repr(float(x)) for x in vector) + "]"
 
 
 def _finish(kind: Kind, rows: list[tuple[UUID, datetime]], state: str, errors: list[str] | None = None) -> int:
