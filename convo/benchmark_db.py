@@ -27,35 +27,36 @@ def benchmark_tenant_rows_delete(tenant_id: int) -> dict[str, int]:
 
     Raw SQL rather than ``Tenant.delete()``: the ORM's cascade would first load 200k+ message ids
     into Python, and it queries every table the models know, including tables of migrations not
-    yet applied to this database. Django's foreign keys are DEFERRABLE INITIALLY DEFERRED, so in
-    one transaction the order does not matter beyond rows found through the tenant's conversations.
+    yet applied to this database. The rows go in two rounds: those of tables without a tenant
+    column of their own that point at a tenant's row (a message's cluster membership, a knowledge
+    entry's versions), found through that row; then every table that points at the tenant. Django's
+    foreign keys are DEFERRABLE INITIALLY DEFERRED, so within the transaction the order of the
+    tables does not matter.
     """
     counts: dict[str, int] = {}
     with transaction.atomic(), connection.cursor() as cursor:
         cursor.execute(
             """
-            SELECT c.conrelid::regclass::text, a.attname, c.confrelid::regclass::text
+            SELECT c.conrelid::regclass::text, a.attname, c.confrelid::regclass::text, fa.attname
               FROM pg_constraint c
               JOIN pg_attribute a ON a.attrelid = c.conrelid AND a.attnum = c.conkey[1]
+              JOIN pg_attribute fa ON fa.attrelid = c.confrelid AND fa.attnum = c.confkey[1]
              WHERE c.contype = 'f' AND array_length(c.conkey, 1) = 1
-               AND c.confrelid IN ('conversations_tenant'::regclass, 'conversations_conversation'::regclass,
-                                   'conversations_message'::regclass)
             """
         )
         references = cursor.fetchall()
-        # Rows reachable only through a conversation or message (no tenant column of their own).
-        by_tenant = {table for table, column, target in references if target == "conversations_tenant"}
-        for table, column, target in references:
-            if target != "conversations_tenant" and table not in by_tenant:
+        tenant_column = {table: column for table, column, target, _ in references if target == "conversations_tenant"}
+        for table, column, target, key in references:
+            if table not in tenant_column and target in tenant_column:
                 cursor.execute(
-                    f'DELETE FROM {table} WHERE "{column}" IN (SELECT id FROM {target} WHERE tenant_id = %s)',
+                    f'DELETE FROM {table} WHERE "{column}" IN '
+                    f'(SELECT "{key}" FROM {target} WHERE "{tenant_column[target]}" = %s)',
                     [tenant_id],
                 )
                 counts[table] = counts.get(table, 0) + cursor.rowcount
-        for table, column, target in references:
-            if target == "conversations_tenant":
-                cursor.execute(f'DELETE FROM {table} WHERE "{column}" = %s', [tenant_id])
-                counts[table] = counts.get(table, 0) + cursor.rowcount
+        for table, column in tenant_column.items():
+            cursor.execute(f'DELETE FROM {table} WHERE "{column}" = %s', [tenant_id])
+            counts[table] = counts.get(table, 0) + cursor.rowcount
         cursor.execute("DELETE FROM conversations_tenant WHERE id = %s", [tenant_id])
         counts["conversations_tenant"] = cursor.rowcount
     return counts

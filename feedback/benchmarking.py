@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from django.db import connection, transaction
+from django.db import transaction
 from django.utils import timezone
 
 from clustering.services.moderation import Actor
@@ -40,7 +40,7 @@ from convo.benchmark_db import benchmark_tenant_rows_delete
 from convo.benchmarking import Summary, render_lines, summarize
 from convo.db import no_statement_timeout
 from feedback.knowledge import knowledge_entry_create, knowledge_fields_clean
-from feedback.models import KnowledgeEntry, KnowledgeEntryVersion, LookupDecision
+from feedback.models import KnowledgeEntry, LookupDecision
 from feedback.retrieval import Thresholds, knowledge_answer_lookup
 
 ACTOR = Actor(label="command:convo_benchmark_knowledge")
@@ -150,7 +150,8 @@ class KnowledgeBenchmark:
 
     def cleanup(self) -> None:
         if self.tenant is not None:
-            knowledge_benchmark_tenant_delete(tenant_id=self.tenant.pk)
+            with no_statement_timeout():  # a few statements over every table of the tenant
+                benchmark_tenant_rows_delete(self.tenant.pk)
             self.tenant = None
 
     def _load(self, tenant: Tenant) -> None:
@@ -196,20 +197,6 @@ class KnowledgeBenchmark:
             else:
                 outcome.no_match += 1
         return outcome
-
-
-def knowledge_benchmark_tenant_delete(*, tenant_id: int) -> None:
-    """Delete the benchmark tenant's knowledge and then the tenant, in a few statements (the
-    ORM's cascade would load every entry and version into Python first)."""
-    entries = KnowledgeEntry._meta.db_table
-    with no_statement_timeout(), transaction.atomic(), connection.cursor() as cursor:
-        cursor.execute(
-            f"DELETE FROM {KnowledgeEntryVersion._meta.db_table} WHERE entry_id IN "
-            f"(SELECT id FROM {entries} WHERE tenant_id = %s)",
-            [tenant_id],
-        )
-    with no_statement_timeout():
-        benchmark_tenant_rows_delete(tenant_id)
 
 
 def report_lines(report: Report) -> str:
