@@ -19,14 +19,13 @@ from rest_framework.response import Response
 
 from conversations.api.search_views import active_space, query_vector
 from conversations.api.views import UUID_PATTERN
-from convo.api.pagination import keyset_page
 from convo.api.tenancy import TenantScopedViewSet
 from convo.api.validation import parse_payload
 from convo.db_router import replica_reads
 from convo.monitoring.prometheus import metrics_lookup_count
 from convo.monitoring.timed_views import TimedViewMixin
 from feedback.api import serializers as out
-from feedback.api.views import ERRORS, PAGE_PARAMETERS, request_actor
+from feedback.api.views import ERRORS, PAGE_PARAMETERS, page_response, request_actor
 from feedback.knowledge import (
     knowledge_entry_create,
     knowledge_entry_delete,
@@ -78,10 +77,9 @@ class KnowledgeViewSet(TimedViewMixin, TenantScopedViewSet):
             active=query.active,
             tag=query.tag,
         )
-        page = keyset_page(entries, keys=KNOWLEDGE_ORDERING, cursor=query.cursor, size=query.page_size)
-        params = query.model_dump(mode="json", exclude_none=True, exclude={"cursor"})
-        data = out.KnowledgeEntrySerializer(page.items, many=True).data
-        return Response(page.body(request.build_absolute_uri(request.path), params, data))
+        return page_response(
+            request, entries, keys=KNOWLEDGE_ORDERING, query=query, output=out.KnowledgeEntrySerializer
+        )
 
     @extend_schema(
         request=KnowledgeEntryIn,

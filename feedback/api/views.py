@@ -9,6 +9,7 @@ selector, and answer 404 naming the field when the tenant has no such row.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, cast
 
 from django.db.models import QuerySet
@@ -20,6 +21,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.serializers import Serializer
 
+from clustering.payloads import PageQuery
 from clustering.services.moderation import Actor
 from conversations.api.views import UUID_PATTERN
 from convo.api.pagination import keyset_page
@@ -93,6 +95,17 @@ def request_actor(request: Request) -> Actor:
     return Actor(label=f"api-key:{prefix}")
 
 
+def page_response(
+    request: Request, rows: QuerySet[Any], *, keys: Sequence[str], query: PageQuery, output: type[Serializer]
+) -> Response:
+    """One keyset page of ``rows``, serialized by ``output``, with ``next``/``previous`` links that
+    carry the validated query (the feedback and knowledge lists all answer this way)."""
+    page = keyset_page(rows, keys=keys, cursor=query.cursor, size=query.page_size)
+    params = query.model_dump(mode="json", exclude_none=True, exclude={"cursor"})
+    data = output(page.items, many=True).data
+    return Response(page.body(request.build_absolute_uri(request.path), params, data))
+
+
 class _RecordViewSet(TenantScopedViewSet):
     """List (newest first, by keyset pages, optionally of one conversation) and create."""
 
@@ -103,10 +116,7 @@ class _RecordViewSet(TenantScopedViewSet):
         records: QuerySet[Any] = records_of_conversation(
             records=self.get_queryset(), tenant=self.tenant, conversation_id=query.conversation_id
         )
-        page = keyset_page(records, keys=RECORD_ORDERING, cursor=query.cursor, size=query.page_size)
-        params = query.model_dump(mode="json", exclude_none=True, exclude={"cursor"})
-        data = self.output(page.items, many=True).data
-        return Response(page.body(request.build_absolute_uri(request.path), params, data))
+        return page_response(request, records, keys=RECORD_ORDERING, query=query, output=self.output)
 
     def created(self, record: Any) -> Response:
         return Response(self.output(record).data, status=status.HTTP_201_CREATED)
@@ -206,10 +216,7 @@ class LearningItemViewSet(TenantScopedViewSet):
         items = learning_items_filtered(
             items=cast(QuerySet[LearningItem], self.get_queryset()), status=query.status, source=query.source
         )
-        page = keyset_page(items, keys=LEARNING_ORDERING, cursor=query.cursor, size=query.page_size)
-        params = query.model_dump(mode="json", exclude_none=True, exclude={"cursor"})
-        data = out.LearningItemSerializer(page.items, many=True).data
-        return Response(page.body(request.build_absolute_uri(request.path), params, data))
+        return page_response(request, items, keys=LEARNING_ORDERING, query=query, output=out.LearningItemSerializer)
 
     @extend_schema(responses={200: out.LearningItemSerializer, 404: ERRORS[404]})
     def retrieve(self, request: Request, pk: str) -> Response:
