@@ -538,8 +538,15 @@ class ClusteringBenchmark:
             if len(ids) != len(texts):
                 raise RuntimeError(f"{len(texts) - len(ids)} benchmark messages were rejected")
             Message.objects.filter(pk__in=ids).update(embedding_state=EmbeddingState.DONE, embedding_attempts=1)
+            conversation_of = dict(Message.objects.filter(pk__in=ids).values_list("id", "conversation_id"))
             MessageEmbedding.objects.bulk_create(
-                MessageEmbedding(space=space, tenant=tenant, item_id=message_id, embedding=vector)
+                MessageEmbedding(
+                    space=space,
+                    tenant=tenant,
+                    item_id=message_id,
+                    conversation_id=conversation_of[message_id],
+                    embedding=vector,
+                )
                 for message_id, vector in zip(ids, vectors, strict=True)
             )
         return [

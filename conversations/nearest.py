@@ -2,17 +2,17 @@
 message search (conversations/search.py) and knowledge search (feedback/retrieval.py).
 
 pgvector 0.6 applies WHERE after the HNSW scan, so a filtered HNSW query can silently return too
-few or the wrong neighbours. The rows the filter matches are therefore first counted (up to
-``SEARCH_EXACT_SCAN_MAX_ROWS``): when they are few, an exact scan of just those is both correct and
-fast; when they are many, HNSW runs with ``ef_search`` raised in proportion to how selective the
-filter is, and the exact scan takes over if HNSW still returns fewer than ``limit`` rows. The count
-is skipped when the planner expects far more rows than the cap (``SEARCH_COUNT_SKIP_FACTOR``).
+few or the wrong neighbours. So one statement first reads the distances of the matching rows, up
+to ``SEARCH_EXACT_SCAN_MAX_ROWS`` + 1: when they are no more than that, they are all of them and
+their nearest are the exact answer, found in the same pass; when they are more, HNSW runs with
+``ef_search`` raised in proportion to how selective the filter is, and an exact scan takes over if
+HNSW still returns fewer than ``limit`` rows. That first pass is skipped when the planner expects
+far more rows than the cap (``SEARCH_COUNT_SKIP_FACTOR``).
 """
 
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Sequence
 from typing import Any
 from uuid import UUID
@@ -53,38 +53,50 @@ def filtered_neighbours(
         estimated = float((json.loads(plan) if isinstance(plan, str) else plan)[0]["Plan"]["Plan Rows"])
         skip_factor = float(settings.SEARCH_COUNT_SKIP_FACTOR)
         if skip_factor > 0 and estimated > cap * skip_factor:
-            # Far more rows than an exact scan takes, by the planner's estimate: counting up to the
+            # Far more rows than an exact scan takes, by the planner's estimate: reading up to the
             # cap would cost more than the HNSW query itself (7.5 of 11 ms at 100k rows), so it is
             # skipped. Should the estimate be wrong, a short HNSW answer still falls back to the
             # exact scan below, so the result is never short.
             matching = cap + 1
         else:
+            # The count and the exact scan in one pass: the distances of up to cap + 1 matching
+            # rows, counted by the window. At most the cap means they are all of them, and their
+            # nearest ``limit`` are the exact answer; past the cap, HNSW takes over.
             cursor.execute(
-                f"SELECT count(*) FROM (SELECT 1 FROM {from_sql} WHERE {where} LIMIT %s) AS m", [*params, cap + 1]
+                f"""
+                WITH matching AS MATERIALIZED (
+                    SELECT e.item_id, {distance} AS distance FROM {from_sql} WHERE {where} LIMIT %s
+                )
+                SELECT item_id, 1 - distance, count(*) OVER () FROM matching ORDER BY distance LIMIT %s
+                """,
+                [literal, *params, cap + 1, limit],
             )
-            matching = int(cursor.fetchone()[0])
-        if matching == 0:
-            return [], "exact", 0
-        if matching <= cap:
-            # "+ 0" keeps the planner off the HNSW index: this is the exact scan of the matching rows.
-            cursor.execute(f"{select} ORDER BY {distance} + 0 LIMIT %s", knn)
-            return [(row[0], float(row[1])) for row in cursor.fetchall()], "exact", matching
-        cursor.execute(f"SET LOCAL hnsw.ef_search = {_ef_search(vectors_table, estimated, limit, cursor)}")
+            rows = cursor.fetchall()
+            matching = int(rows[0][2]) if rows else 0
+            if matching <= cap:
+                return [(row[0], float(row[1])) for row in rows], "exact", matching
+        cursor.execute(_ef_search_sql(vectors_table), [limit, estimated])
         cursor.execute(f"{select} ORDER BY {distance} LIMIT %s", knn)
-        rows = [(row[0], float(row[1])) for row in cursor.fetchall()]
-        if len(rows) >= limit:
-            return rows, "hnsw", matching
+        found = [(row[0], float(row[1])) for row in cursor.fetchall()]
+        if len(found) >= limit:
+            return found, "hnsw", matching
+        # "+ 0" keeps the planner off the HNSW index: this is the exact scan of the matching rows.
         cursor.execute(f"{select} ORDER BY {distance} + 0 LIMIT %s", knn)
         return [(row[0], float(row[1])) for row in cursor.fetchall()], "hnsw+exact", matching
 
 
-def _ef_search(vectors_table: str, estimated: float, limit: int, cursor: Any) -> int:
-    """Enough candidates that ``limit`` of them survive the filter: the HNSW scan walks the whole
-    space, so a filter keeping a fraction f of it needs about limit / f candidates. f comes from
-    the planner's estimate (cheap), and is at least what the capped count already proved."""
-    cursor.execute(f"SELECT reltuples FROM pg_class WHERE oid = '{vectors_table}'::regclass")
-    total = max(float(cursor.fetchone()[0]), 1.0)
+def _ef_search_sql(vectors_table: str) -> str:
+    """A statement taking (estimated matching rows, limit) that sets ``hnsw.ef_search`` for the
+    transaction to enough candidates that ``limit`` of them survive the filter. The HNSW scan
+    walks the whole space, so a filter keeping a fraction f of it needs about limit / f
+    candidates; f comes from the planner's estimate (cheap), and is at least what the capped
+    count already proved. One round trip: the table's size is read in the same statement."""
     proven = float(settings.SEARCH_EXACT_SCAN_MAX_ROWS)
-    fraction = min(1.0, max(estimated, proven) / total)
-    wanted = math.ceil(limit / fraction * settings.SEARCH_EF_SEARCH_MARGIN)
-    return int(min(max(wanted, settings.SEARCH_EF_SEARCH_MIN), settings.SEARCH_EF_SEARCH_MAX))
+    margin = float(settings.SEARCH_EF_SEARCH_MARGIN)
+    low, high = int(settings.SEARCH_EF_SEARCH_MIN), int(settings.SEARCH_EF_SEARCH_MAX)
+    fraction = f"least(1.0, greatest(%s::float8, {proven}) / greatest(reltuples::float8, 1.0))"
+    wanted = f"ceil(%s::float8 / {fraction} * {margin})"
+    return (
+        f"SELECT set_config('hnsw.ef_search', least(greatest({wanted}, {low}), {high})::int::text, true) "
+        f"FROM pg_class WHERE oid = '{vectors_table}'::regclass"
+    )

@@ -82,7 +82,7 @@ def message_neighbours(
     return filtered_neighbours(
         alias=read_alias_for(models=(MessageEmbedding, Message, Conversation)),
         vectors_table=_VECTORS,
-        from_sql=_FROM,
+        from_sql=_FROM_WITH_MESSAGES if _filters_messages(filters) else _FROM,
         where=where,
         params=params,
         dims=int(space.dimensions),
@@ -218,26 +218,38 @@ def conversation_neighbours(
 
 _TSVECTOR = "to_tsvector('simple'::regconfig, m.text)"
 
-_FROM = (
-    f"{_VECTORS} AS e JOIN {_MESSAGES} AS m ON m.id = e.item_id JOIN {_CONVERSATIONS} AS c ON c.id = m.conversation_id"
-)
+# A vector row carries its message's conversation, so the messages are joined only when a filter
+# reads them: a per-user search walks the user's conversations, then their vectors.
+_FROM = f"{_VECTORS} AS e JOIN {_CONVERSATIONS} AS c ON c.id = e.conversation_id"
+_FROM_WITH_MESSAGES = f"{_FROM} JOIN {_MESSAGES} AS m ON m.id = e.item_id"
+
+
+def _filters_messages(filters: SearchFilters) -> bool:
+    return filters.role is not None or filters.created_after is not None or filters.created_before is not None
 
 
 def _where(*, tenant: Tenant, space: EmbeddingSpace, filters: SearchFilters) -> tuple[str, list[Any]]:
-    where, params = _where_messages(tenant=tenant, filters=filters)
-    return f"e.space_id = %s AND e.tenant_id = %s AND {where}", [space.pk, tenant.pk, *params]
+    clauses, params = _conversation_clauses(tenant=tenant, filters=filters)
+    message_clauses, message_params = _message_clauses(filters=filters)
+    where = " AND ".join(["e.space_id = %s", "e.tenant_id = %s", *clauses, *message_clauses])
+    return where, [space.pk, tenant.pk, *params, *message_params]
 
 
 def _where_messages(*, tenant: Tenant, filters: SearchFilters) -> tuple[str, list[Any]]:
-    # The tenant on the conversation too (always equal to the message's): it lets a per-user
-    # filter lead with the (tenant, user, created_at) index instead of scanning the tenant.
-    clauses = ["m.tenant_id = %s", "c.tenant_id = %s", "c.deleted_at IS NULL"]
-    params: list[Any] = [tenant.pk, tenant.pk]
+    clauses, params = _conversation_clauses(tenant=tenant, filters=filters)
+    message_clauses, message_params = _message_clauses(filters=filters)
+    return " AND ".join(["m.tenant_id = %s", *clauses, *message_clauses]), [tenant.pk, *params, *message_params]
+
+
+def _conversation_clauses(*, tenant: Tenant, filters: SearchFilters) -> tuple[list[str], list[Any]]:
+    # The tenant on the conversation too (always equal to the item's): it lets a per-user filter
+    # lead with the (tenant, user, created_at) index instead of scanning the tenant.
+    clauses = ["c.tenant_id = %s", "c.deleted_at IS NULL"]
+    params: list[Any] = [tenant.pk]
     for column, value in (
         ("c.external_user_id", filters.user_id),
         ("c.channel", filters.channel),
         ("c.status", filters.status),
-        ("m.role", filters.role),
     ):
         if value is not None:
             clauses.append(f"{column} = %s")
@@ -245,13 +257,23 @@ def _where_messages(*, tenant: Tenant, filters: SearchFilters) -> tuple[str, lis
     if filters.metadata:
         clauses.append("c.metadata @> %s")
         params.append(Jsonb(filters.metadata))
+    return clauses, params
+
+
+def _message_clauses(*, filters: SearchFilters) -> tuple[list[str], list[Any]]:
+    """The filters on the messages themselves; ``_filters_messages`` says whether there are any."""
+    clauses: list[str] = []
+    params: list[Any] = []
+    if filters.role is not None:
+        clauses.append("m.role = %s")
+        params.append(filters.role)
     if filters.created_after is not None:
         clauses.append("m.created_at >= %s")
         params.append(filters.created_after)
     if filters.created_before is not None:
         clauses.append("m.created_at < %s")
         params.append(filters.created_before)
-    return " AND ".join(clauses), params
+    return clauses, params
 
 
 def _hydrate(neighbours: list[tuple[UUID, float]], *, ranking: Ranking, now: datetime) -> list[SearchHit]:

@@ -22,7 +22,6 @@ import logging
 import time
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
 from uuid import UUID
 
 from django.conf import settings
@@ -32,7 +31,7 @@ from conversations.embeddings.base import Embedder, EmbeddingUnavailable
 from conversations.models import EmbeddingSpace, SpaceState
 from conversations.nearest import vector_literal
 from conversations.services.embedding_cache import embed_texts_cached, text_normalize
-from conversations.services.embedding_kinds import EmbeddedItem, embedding_kind, embedding_kinds
+from conversations.services.embedding_kinds import EmbeddableKind, EmbeddedItem, embedding_kind, embedding_kinds
 from conversations.services.embedding_spaces import (
     embedding_space_active_embedder,
     embedding_space_embedder,
@@ -213,11 +212,12 @@ def embedding_backfill_page(
     stored = 0
     if good:
         good.sort()
+        copied, copied_from_items = _copied_columns_sql(source)
         with connection.cursor() as cursor:
             cursor.execute(
                 f"""
-                INSERT INTO {vectors} (item_id, tenant_id, space_id, embedding)
-                SELECT t.id, t.tenant_id, %s, f.embedding::vector
+                INSERT INTO {vectors} (item_id, tenant_id, space_id, embedding{copied})
+                SELECT t.id, t.tenant_id, %s, f.embedding::vector{copied_from_items}
                   FROM unnest(%s::uuid[], %s::text[], %s::text[]) AS f(id, digest, embedding)
                   JOIN {items} AS t ON t.id = f.id AND md5({text_sql}) = f.digest
                  ORDER BY t.id
@@ -305,16 +305,32 @@ def _store_vectors(kind: Kind, space: EmbeddingSpace, done: list[tuple[ClaimedIt
 def _upsert_vectors(kind: Kind, space_id: int, rows: list[tuple[ClaimedItem, list[float]]]) -> None:
     if not rows:
         return
-    vector_model = embedding_kind(kind).vectors
+    source = embedding_kind(kind)
+    copied, copied_from_items = _copied_columns_sql(source)
     # Sorted by item: the switch's backfill writes the same keys in id order, so the two can
-    # never deadlock on the unique index.
-    objs: list[Any] = [
-        vector_model(item_id=item.id, tenant_id=item.tenant_id, space_id=space_id, embedding=vector)
-        for item, vector in sorted(rows, key=lambda row: row[0].id)
-    ]
-    # A conversation whose text changed is embedded again: its vector in the space is replaced.
-    vector_model.objects.bulk_create(
-        objs, update_conflicts=True, unique_fields=["item", "space"], update_fields=["embedding"]
+    # never deadlock on the unique index. An item deleted since its claim has nothing to join.
+    ordered = sorted(rows, key=lambda row: row[0].id)
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"""
+            INSERT INTO {source.vectors._meta.db_table} (item_id, tenant_id, space_id, embedding{copied})
+            SELECT t.id, t.tenant_id, %s, f.embedding::vector{copied_from_items}
+              FROM unnest(%s::uuid[], %s::text[]) AS f(id, embedding)
+              JOIN {source.items._meta.db_table} AS t ON t.id = f.id
+             ORDER BY t.id
+            ON CONFLICT (item_id, space_id) DO UPDATE SET embedding = EXCLUDED.embedding
+            """,
+            # A conversation whose text changed is embedded again: its vector in the space is replaced.
+            [space_id, [item.id for item, _ in ordered], [vector_literal(vector) for _, vector in ordered]],
+        )
+
+
+def _copied_columns_sql(source: EmbeddableKind) -> tuple[str, str]:
+    """The kind's copied columns as the tail of an INSERT's column list, and of its SELECT list
+    over the item table ``t``."""
+    return (
+        "".join(f", {column}" for column in source.copied_columns),
+        "".join(f", t.{column}" for column in source.copied_columns),
     )
 
 

@@ -50,6 +50,9 @@ class EmbeddableKind:
     # (a message must be clustered in it) instead of being marked done directly.
     finish_in_worker: bool = False
     on_done: OnDone | None = None
+    # Columns of the item table copied onto its vector rows when they are stored, so that search
+    # can filter vectors without joining the items (a message's conversation).
+    copied_columns: tuple[str, ...] = ()
 
 
 _kinds: dict[str, EmbeddableKind] = {}
@@ -98,6 +101,7 @@ embedding_kind_register(
         text_sql="t.text",
         index_prefix="msg",
         finish_in_worker=True,
+        copied_columns=("conversation_id",),
         on_done=_messages_done,
     )
 )

@@ -94,7 +94,11 @@ def test_a_cluster_left_behind_follows_once_its_members_have_vectors(tenant, inb
     cluster = cluster_of(first)
     # As if the members had no vector in the new space at activation (refused, or dropped by a
     # batch in flight): the cluster stayed in the old space.
-    kept = list(MessageEmbedding.objects.filter(space=new, item__in=[first, second]).values("item_id", "embedding"))
+    kept = list(
+        MessageEmbedding.objects.filter(space=new, item__in=[first, second]).values(
+            "item_id", "conversation_id", "embedding"
+        )
+    )
     MessageEmbedding.objects.filter(space=new, item__in=[first, second]).delete()
     old_sum = [
         sum(values)
@@ -105,7 +109,16 @@ def test_a_cluster_left_behind_follows_once_its_members_have_vectors(tenant, inb
     ]
     Cluster.objects.filter(pk=cluster.pk).update(space=old, vector_sum=old_sum)
     MessageEmbedding.objects.bulk_create(
-        [MessageEmbedding(item_id=k["item_id"], tenant=tenant, space=new, embedding=k["embedding"]) for k in kept]
+        [
+            MessageEmbedding(
+                item_id=k["item_id"],
+                conversation_id=k["conversation_id"],
+                tenant=tenant,
+                space=new,
+                embedding=k["embedding"],
+            )
+            for k in kept
+        ]
     )
 
     assert clusters_follow_space(space=new) == 1

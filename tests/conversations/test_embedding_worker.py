@@ -86,6 +86,8 @@ def test_drain_embeds_pending_messages_and_conversations(embedder, tenant):
     assert set(Message.objects.values_list("embedding_state", flat=True)) == {"done"}
     assert MessageEmbedding.objects.filter(space=space).count() == 10
     assert len(MessageEmbedding.objects.get(item=messages[0]).embedding) == DIMS
+    # Each vector carries its message's conversation: per-user search reads vectors through it.
+    assert set(MessageEmbedding.objects.values_list("conversation_id", flat=True)) == {conversation.pk}
     conversation.refresh_from_db()
     empty.refresh_from_db()
     assert conversation.embedding_state == "done"

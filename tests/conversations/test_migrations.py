@@ -47,3 +47,24 @@ def test_sqlmigrate_shows_partial_and_gin_indexes():
     assert 'WHERE ("deleted_at" IS NULL AND "status" = \'active\')' in sql
     assert 'USING gin ("metadata" jsonb_path_ops)' in sql
     assert "WHERE \"embedding_state\" = 'pending'" in sql
+
+
+@pytest.mark.django_db(transaction=True)
+def test_vectors_stored_before_0007_get_their_message_conversation():
+    from conversations.models import EmbeddingSpace, MessageEmbedding
+    from tests.factories import MessageFactory, TenantFactory
+
+    call_command("migrate", "conversations", "0006", verbosity=0)
+    message = MessageFactory(conversation__tenant=TenantFactory())
+    space = EmbeddingSpace.objects.create(model_id="test:before-0007", dimensions=3)
+    with connection.cursor() as cursor:  # the table as 0006 left it: no conversation column
+        cursor.execute(
+            "INSERT INTO conversations_messageembedding (item_id, tenant_id, space_id, embedding, created_at) "
+            "VALUES (%s, %s, %s, '[1,0,0]', now())",
+            [message.pk, message.tenant_id, space.pk],
+        )
+
+    call_command("migrate", verbosity=0)
+
+    assert MessageEmbedding.objects.get(item=message).conversation_id == message.conversation_id
+    assert "msg_embedding_space_conv" in index_names()

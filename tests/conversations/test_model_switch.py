@@ -116,6 +116,10 @@ def test_switch_to_another_dimension_backfills_then_activates(corpus):
     }
     made = vectors(MessageEmbedding, NEW)
     assert set(made) == {m.pk for m in messages}
+    # The backfill copies each message's conversation onto its vector, as the worker does.
+    assert set(MessageEmbedding.objects.filter(space=new).values_list("conversation_id", flat=True)) == {
+        conversation.pk
+    }
     expected = HashingEmbedder(dimensions=128).embed([messages[3].text])[0]
     assert made[messages[3].pk] == pytest.approx(expected, abs=1e-6)
     assert set(vectors(ConversationEmbedding, NEW)) == {conversation.pk}

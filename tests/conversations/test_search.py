@@ -37,7 +37,7 @@ def corpus(tenant):
     )
     MessageEmbedding.objects.bulk_create(
         [
-            MessageEmbedding(item=m, tenant=tenant, space=space, embedding=v)
+            MessageEmbedding(item=m, conversation_id=m.conversation_id, tenant=tenant, space=space, embedding=v)
             for m, v in zip(messages, vectors, strict=True)
         ],
         batch_size=5000,
@@ -48,7 +48,9 @@ def corpus(tenant):
         # Fresh statistics first: the deferred foreign-key checks run through plans this connection
         # may have cached while the tables were nearly empty (a sequential scan per row of 20k rows,
         # past the statement timeout); ANALYZE invalidates those plans.
-        cursor.execute(f"ANALYZE {Message._meta.db_table}; ANALYZE {Conversation._meta.db_table}")
+        cursor.execute(
+            f"ANALYZE {Message._meta.db_table}, {Conversation._meta.db_table}, {MessageEmbedding._meta.db_table}"
+        )
         # The load's deferred foreign-key checks must run before an index can be built in this transaction.
         cursor.execute("SET CONSTRAINTS ALL IMMEDIATE")
     embedding_space_index(space=space)  # built after the load: much faster than 20k inserts into it
@@ -92,18 +94,20 @@ def test_recall_at_10_under_selective_filters(corpus, tenant, settings):
 
 @pytest.mark.slow
 def test_the_count_is_skipped_when_the_planner_expects_far_more_rows_than_the_cap(corpus, tenant, settings):
-    """Unfiltered over 20k rows with a cap of 100: the planner's estimate is far above 10x the cap,
+    """Unfiltered over 20k rows with a cap of 100: the planner's estimate is far above 2x the cap,
     so no capped count runs, HNSW answers, and recall holds; with the skip turned off the count runs."""
     from django.db import connection
     from django.test.utils import CaptureQueriesContext
 
     space, vectors, ids, owners, rng = corpus
     with connection.cursor() as cursor:  # the planner's estimate needs statistics, as autovacuum keeps them
-        cursor.execute(f"ANALYZE {Message._meta.db_table}; ANALYZE {Conversation._meta.db_table}")
+        cursor.execute(
+            f"ANALYZE {Message._meta.db_table}, {Conversation._meta.db_table}, {MessageEmbedding._meta.db_table}"
+        )
     settings.SEARCH_EXACT_SCAN_MAX_ROWS = 100
     query = rng.normal(size=DIMS).astype(np.float32)
     query /= np.linalg.norm(query)
-    for factor, counted in ((10.0, False), (0.0, True)):
+    for factor, counted in ((2.0, False), (0.0, True)):
         settings.SEARCH_COUNT_SKIP_FACTOR = factor
         with CaptureQueriesContext(connection) as queries:
             found, strategy, matching = message_neighbours(
@@ -124,7 +128,9 @@ def test_result_count_is_min_of_k_and_matching_rows(tenant, other_tenant):
     for conversation, count in ((mine, 4), (theirs, 10), (deleted, 10)):
         for i in range(count):
             message = Message.objects.create(tenant=conversation.tenant, conversation=conversation, text=f"t{i}")
-            MessageEmbedding.objects.create(item=message, tenant=conversation.tenant, space=space, embedding=[1, i, 0])
+            MessageEmbedding.objects.create(
+                item=message, conversation=conversation, tenant=conversation.tenant, space=space, embedding=[1, i, 0]
+            )
     Conversation.objects.filter(pk=deleted.pk).update(deleted_at="2020-01-01T00:00:00Z")
 
     found, _, matching = message_neighbours(
@@ -154,7 +160,9 @@ def test_ranking_blends_recency_and_channel_and_adapts_the_threshold(tenant):
     def add(conversation, vector, days_old):
         message = Message.objects.create(tenant=tenant, conversation=conversation, text=str(vector))
         Message.objects.filter(pk=message.pk).update(created_at=now - timedelta(days=days_old))
-        MessageEmbedding.objects.create(item=message, tenant=tenant, space=space, embedding=vector)
+        MessageEmbedding.objects.create(
+            item=message, conversation=conversation, tenant=tenant, space=space, embedding=vector
+        )
         return message
 
     old_exact = add(web, [1.0, 0.0], 365)

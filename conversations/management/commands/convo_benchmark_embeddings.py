@@ -971,12 +971,12 @@ class EmbeddingsBenchmark:
                             )
                         )
                 with cursor.copy(
-                    f"COPY {MessageEmbedding._meta.db_table} (space_id, tenant_id, item_id, embedding) "
-                    "FROM STDIN (FORMAT BINARY)"
+                    f"COPY {MessageEmbedding._meta.db_table} "
+                    "(space_id, tenant_id, item_id, conversation_id, embedding) FROM STDIN (FORMAT BINARY)"
                 ) as copy:
-                    copy.set_types(["int8", "int8", "uuid", "vector"])
+                    copy.set_types(["int8", "int8", "uuid", "uuid", "vector"])
                     for row in range(size):
-                        copy.write_row((space.pk, tenant.pk, message_ids[row], corpus[row]))
+                        copy.write_row((space.pk, tenant.pk, message_ids[row], conversation_of[row], corpus[row]))
             bulk.commit()
         return message_ids
 
@@ -1116,14 +1116,12 @@ def _shuffled(items: list[str], seed: int) -> list[str]:
 
 def _statement_kind(sql: str) -> str:
     text = " ".join(sql.split()).upper()
-    if text.startswith("SELECT COUNT"):
-        return "count"
-    if text.startswith("SELECT RELTUPLES"):
-        return "reltuples"
+    if text.startswith("WITH MATCHING"):
+        return "capped exact"
+    if text.startswith("SELECT SET_CONFIG"):
+        return "ef_search"
     if text.startswith("EXPLAIN"):
         return "estimate"
-    if text.startswith("SET"):
-        return "set"
     if "ORDER BY" in text:
         return "knn exact" if "+ 0 LIMIT" in text else "knn hnsw"
     return text[:30].lower()
