@@ -137,4 +137,4 @@ class SentenceTransformerEmbedder:
                 )
         except Exception as exc:
             raise EmbeddingUnavailable(f"{self.model_id} failed to encode {len(checked)} texts: {exc}") from exc
-        return validate_vectors(array.tolist(), count=len(checked), dimensions=self.dimensions, source=self.model_id)
+        return validate_vectors(array, count=len(checked), dimensions=self.dimensions, source=self.model_id)

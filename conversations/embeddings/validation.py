@@ -12,12 +12,23 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
+
 from conversations.embeddings.base import EmbeddingInvalid
 
 
 def validate_vectors(vectors: Any, *, count: int, dimensions: int, source: str = "provider") -> list[list[float]]:
     """``vectors`` as a list of ``count`` lists of ``dimensions`` finite floats, or
     ``EmbeddingInvalid`` naming the first problem. ``source`` names the provider in messages."""
+    if isinstance(vectors, np.ndarray) and vectors.ndim == 2 and vectors.dtype.kind == "f":
+        # A local model's output: checked whole (a float loop over 3,840 values per batch of 10
+        # cost ~3 ms, a twentieth of a batch's work besides the model).
+        if vectors.shape != (count, dimensions):
+            raise EmbeddingInvalid(f"{source} returned an array of shape {vectors.shape} for {count} texts")
+        finite = np.isfinite(vectors).all(axis=1)
+        if not finite.all():
+            raise EmbeddingInvalid(f"{source} vector {int(np.argmin(finite))} holds a non-finite value")
+        return vectors.astype(np.float64).tolist()
     if not isinstance(vectors, Sequence) or isinstance(vectors, str | bytes):
         raise EmbeddingInvalid(f"{source} returned {type(vectors).__name__}, not a list of vectors")
     if len(vectors) != count:

@@ -19,8 +19,11 @@ switch has just retired.
 from __future__ import annotations
 
 import logging
+import threading
 import time
-from dataclasses import dataclass
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
 from datetime import datetime
 from uuid import UUID
 
@@ -30,7 +33,15 @@ from django.db import connection, transaction
 from conversations.embeddings.base import Embedder, EmbeddingUnavailable
 from conversations.models import EmbeddingSpace, SpaceState
 from conversations.nearest import vector_literal
-from conversations.services.embedding_cache import embed_texts_cached, text_normalize
+from conversations.services.embedding_cache import (
+    CacheLookup,
+    RecentVectors,
+    embed_texts_cached,
+    embedding_cache_compute,
+    embedding_cache_lookup,
+    embedding_cache_store,
+    text_normalize,
+)
 from conversations.services.embedding_kinds import EmbeddableKind, EmbeddedItem, embedding_kind, embedding_kinds
 from conversations.services.embedding_spaces import (
     embedding_space_active_embedder,
@@ -78,25 +89,144 @@ class BackfillPage:
 FIRST_ID = UUID(int=0)
 
 
+@dataclass(frozen=True)
+class _ClaimedBatch:
+    """A batch between its claim and its store: what the model must embed, and for which space."""
+
+    kind: Kind
+    space: EmbeddingSpace
+    items: list[tuple[ClaimedItem, datetime]]
+    texts: dict[UUID, str]  # normalised, by item
+    lookup: CacheLookup | None  # None when every text is blank
+    # Set once what the model made for this batch is in the durable cache (or nothing will be):
+    # the model thread waits for it before it sends the next batch, so a worker killed at any
+    # moment has at most one batch's vectors made and not kept, as when it ran one batch at a time.
+    cached: threading.Event = field(default_factory=threading.Event)
+
+
 def embedding_process_batch(*, kind: Kind, embedder: Embedder, space: EmbeddingSpace, limit: int) -> BatchOutcome:
     """Claim, embed and store one batch of ``kind`` in ``space`` (the active space, embedded by
     ``embedder``) and in any space being built for a switch. Returns what happened to its items."""
+    batch = _batch_claim(kind=kind, embedder=embedder, space=space, limit=limit)
+    if batch is None:
+        return BatchOutcome()
+    return _batch_store(batch, _batch_compute(batch))
+
+
+def embedding_drain(*, embedder: Embedder | None = None, seconds: float | None = None) -> int:
+    """Process batches of every kind until nothing is pending or ``seconds`` have passed.
+    Returns how many items were claimed. Without ``embedder``, each round embeds with the
+    active space's embedder (so a drain follows a switch); a given ``embedder`` (tests, tools)
+    must be the active space's model.
+
+    The model runs in a thread of its own, one batch ahead: while it embeds batch n + 1, this
+    thread stores batch n (vectors, states, clusters). The model thread touches no database, so
+    every statement still runs on this thread's connection, in the caller's transaction if any."""
+    budget: float = seconds if seconds is not None else settings.EMBEDDING_DRAIN_SECONDS
+    deadline = time.monotonic() + budget
+    fixed = None
+    if embedder is not None:
+        fixed = (embedding_space_for(embedder=embedder), embedder)
+        if not EmbeddingSpace.objects.filter(pk=fixed[0].pk, state=SpaceState.ACTIVE).exists():
+            raise ValueError(f"{embedder.model_id} is not the active embedding space")
+    claims = _claims_in_rounds(fixed=fixed, deadline=deadline)
+    recent = RecentVectors()  # only ever touched by the model thread
+    total = 0
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="embedding-model") as model:
+        in_flight: tuple[_ClaimedBatch, Future[_Computed]] | None = None
+        ahead: tuple[_ClaimedBatch, Future[_Computed]] | None = None
+        try:
+            while True:
+                batch = next(claims, None)
+                if batch is not None:
+                    previous = in_flight[0] if in_flight is not None else None
+                    ahead = (batch, model.submit(_batch_compute, batch, recent, previous))
+                if in_flight is not None:
+                    done, computed = in_flight
+                    outcome = _batch_store(done, computed.result())
+                    metrics_embedded_count(kind=done.kind, count=outcome.done)
+                if ahead is None:  # nothing more was claimed
+                    break
+                total += len(ahead[0].items)
+                in_flight, ahead = ahead, None
+        finally:
+            # Should a store fail, the model thread must not wait for it for ever.
+            for pair in (in_flight, ahead):
+                if pair is not None:
+                    pair[0].cached.set()
+    return total
+
+
+def _claims_in_rounds(*, fixed: tuple[EmbeddingSpace, Embedder] | None, deadline: float) -> Iterator[_ClaimedBatch]:
+    """Claimed batches, a round at a time over every kind, until a whole round claims nothing or
+    the deadline passes. Each round follows the active space (a switch may have changed it)."""
+    while time.monotonic() < deadline:
+        current = fixed or embedding_space_active_embedder()
+        if current is None:
+            logger.warning("no embedding space is active: nothing is embedded")
+            return
+        space, active_embedder = current
+        claimed = False
+        for each in embedding_kinds():
+            batch = _batch_claim(
+                kind=each.name, embedder=active_embedder, space=space, limit=settings.EMBEDDING_BATCH_SIZE
+            )
+            if batch is not None:
+                claimed = True
+                yield batch
+        if not claimed:
+            return
+
+
+# What the model thread hands back: the fresh vectors, or why the provider could not be used.
+_Computed = dict[str, list[float]] | EmbeddingUnavailable
+
+
+def _batch_claim(*, kind: Kind, embedder: Embedder, space: EmbeddingSpace, limit: int) -> _ClaimedBatch | None:
     items = _claim(kind=kind, limit=limit)
     if not items:
-        return BatchOutcome()
+        return None
     texts = {item.id: text_normalize(item.text) for item, _ in items}
+    wanted = [texts[item.id] for item, _ in items if texts[item.id]]
+    lookup = embedding_cache_lookup(embedder=embedder, texts=wanted) if wanted else None
+    return _ClaimedBatch(kind=kind, space=space, items=items, texts=texts, lookup=lookup)
+
+
+def _batch_compute(
+    batch: _ClaimedBatch, recent: RecentVectors | None = None, previous: _ClaimedBatch | None = None
+) -> _Computed:
+    """The model's part: no database. Waits until the ``previous`` batch's vectors are cached.
+    An unavailable provider is handed back, not raised, so the batch's store releases its items."""
+    if previous is not None:
+        previous.cached.wait()
+    if batch.lookup is None:
+        return {}
+    try:
+        return embedding_cache_compute(lookup=batch.lookup, recent=recent)
+    except EmbeddingUnavailable as exc:
+        return exc
+
+
+def _batch_store(batch: _ClaimedBatch, computed: _Computed) -> BatchOutcome:
+    kind, space, items, texts = batch.kind, batch.space, batch.items, batch.texts
     blank = [(item, claimed) for item, claimed in items if not texts[item.id]]
     todo = [(item, claimed) for item, claimed in items if texts[item.id]]
-
     try:
-        outcome = embed_texts_cached(embedder=embedder, texts=[texts[item.id] for item, _ in todo]) if todo else None
-    except EmbeddingUnavailable as exc:
-        logger.warning("embedding provider unavailable for %d %ss: %s", len(todo), kind, exc)
+        cached = (
+            embedding_cache_store(lookup=batch.lookup, fresh=computed)
+            if batch.lookup is not None and not isinstance(computed, EmbeddingUnavailable)
+            else None
+        )
+    finally:
+        batch.cached.set()
+    if isinstance(computed, EmbeddingUnavailable):
+        logger.warning("embedding provider unavailable for %d %ss: %s", len(todo), kind, computed)
         with transaction.atomic():
             _forget_unembedded(kind, [item for item, _ in todo], {}, embedding_spaces_live())
-            failed = _finish_failed(kind, todo, f"provider unavailable: {exc}")
+            failed = _finish_failed(kind, todo, f"provider unavailable: {computed}")
             skipped = _finish_blank(kind, blank)
         return BatchOutcome(claimed=len(items), failed=failed, released=len(todo) - failed, skipped=skipped)
+    outcome = cached
 
     done: list[tuple[ClaimedItem, datetime, list[float]]] = []
     rejected: list[tuple[ClaimedItem, datetime, str]] = []
@@ -140,38 +270,6 @@ def embedding_process_batch(*, kind: Kind, embedder: Embedder, space: EmbeddingS
         again = [(item.id, claimed) for item, claimed in todo if item.id not in made]
         released = _finish(kind, again, "pending", ["the active embedding space changed"] * len(again))
     return BatchOutcome(claimed=len(items), done=finished, released=released, skipped=skipped)
-
-
-def embedding_drain(*, embedder: Embedder | None = None, seconds: float | None = None) -> int:
-    """Process batches of every kind until nothing is pending or ``seconds`` have passed.
-    Returns how many items were claimed. Without ``embedder``, each round embeds with the
-    active space's embedder (so a drain follows a switch); a given ``embedder`` (tests, tools)
-    must be the active space's model."""
-    budget: float = seconds if seconds is not None else settings.EMBEDDING_DRAIN_SECONDS
-    deadline = time.monotonic() + budget
-    fixed = None
-    if embedder is not None:
-        fixed = (embedding_space_for(embedder=embedder), embedder)
-        if not EmbeddingSpace.objects.filter(pk=fixed[0].pk, state=SpaceState.ACTIVE).exists():
-            raise ValueError(f"{embedder.model_id} is not the active embedding space")
-    total = 0
-    while time.monotonic() < deadline:
-        current = fixed or embedding_space_active_embedder()
-        if current is None:
-            logger.warning("no embedding space is active: nothing is embedded")
-            break
-        space, active_embedder = current
-        claimed = 0
-        for each in embedding_kinds():
-            outcome = embedding_process_batch(
-                kind=each.name, embedder=active_embedder, space=space, limit=settings.EMBEDDING_BATCH_SIZE
-            )
-            claimed += outcome.claimed
-            metrics_embedded_count(kind=each.name, count=outcome.done)
-        total += claimed
-        if not claimed:
-            break
-    return total
 
 
 def embedding_backfill_page(

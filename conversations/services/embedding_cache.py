@@ -16,8 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from django.core.cache import cache
-from django.db import transaction
-from django.db.models import F
+from django.db import connection, transaction
 from django.utils import timezone
 
 from conversations.embeddings.base import Embedder, EmbeddingInvalid, EmbeddingRejected
@@ -45,33 +44,92 @@ class CacheOutcome:
     misses: int = 0
 
 
+@dataclass
+class CacheLookup:
+    """Texts after the cache layers looked at them: what they found, and what the model must
+    still embed. The three phases (``embedding_cache_lookup``, ``embedding_cache_compute``,
+    ``embedding_cache_store``) let the worker run the model, which touches no database, in a
+    thread of its own while it stores the previous batch."""
+
+    embedder: Embedder
+    keys: dict[str, str]  # normalised text -> cache key
+    outcome: CacheOutcome
+    missing: list[str]
+
+
 def embed_texts_cached(*, embedder: Embedder, texts: Sequence[str], count: bool = True) -> CacheOutcome:
     """Vectors for the distinct normalised ``texts``. Texts the provider rejects or answers badly
     are isolated (the batch is split until the bad text stands alone) and reported in
     ``failures``; ``EmbeddingUnavailable`` propagates: the whole batch should be retried later."""
+    lookup = embedding_cache_lookup(embedder=embedder, texts=texts)
+    return embedding_cache_store(lookup=lookup, fresh=embedding_cache_compute(lookup=lookup), count=count)
+
+
+def embedding_cache_lookup(*, embedder: Embedder, texts: Sequence[str]) -> CacheLookup:
+    """What the hot layer and the durable table already hold of ``texts``."""
     outcome = CacheOutcome()
     keys = {text: cache_key(embedder.model_id, text) for text in dict.fromkeys(texts)}
     with timed("cache_lookup"):
         _lookup(keys, outcome)
-
     missing = [text for text in keys if text not in outcome.vectors]
     outcome.misses = len(missing)
-    if missing:
-        with timed("embedding_call"):
-            fresh = _embed_isolating_failures(embedder, missing, outcome.failures)
-        if fresh:
-            with transaction.atomic():
-                EmbeddingCacheEntry.objects.bulk_create(
-                    [
-                        EmbeddingCacheEntry(key=keys[t], model_id=embedder.model_id, embedding=v)
-                        for t, v in fresh.items()
-                    ],
-                    ignore_conflicts=True,
-                )
-            _hot_set({keys[text]: vector for text, vector in fresh.items()})
-            outcome.vectors.update(fresh)
+    return CacheLookup(embedder=embedder, keys=keys, outcome=outcome, missing=missing)
+
+
+class RecentVectors:
+    """What the model made for the last batch, by cache key. A worker looks the next batch up
+    while the model still embeds the current one, so texts the two share miss the cache; the next
+    batch's compute takes them from here instead of asking the model for them twice."""
+
+    def __init__(self) -> None:
+        self._vectors: dict[str, list[float]] = {}
+
+    def take(self, lookup: CacheLookup) -> None:
+        """Move the texts of ``lookup`` found here from its misses to its (hot) hits."""
+        found = {
+            text: self._vectors[lookup.keys[text]] for text in lookup.missing if lookup.keys[text] in self._vectors
+        }
+        if found:
+            lookup.outcome.vectors.update(found)
+            lookup.outcome.hot_hits += len(found)
+            lookup.outcome.misses -= len(found)
+            lookup.missing = [text for text in lookup.missing if text not in found]
+
+    def remember(self, lookup: CacheLookup, fresh: dict[str, list[float]]) -> None:
+        self._vectors = {lookup.keys[text]: vector for text, vector in fresh.items()}
+
+
+def embedding_cache_compute(*, lookup: CacheLookup, recent: RecentVectors | None = None) -> dict[str, list[float]]:
+    """The model's vectors for the texts the cache (and ``recent``) missed; failures go to the
+    outcome. Touches no database, so it may run in another thread than the lookup and the store."""
+    if recent is not None:
+        recent.take(lookup)
+    if not lookup.missing:
+        return {}
+    with timed("embedding_call"):
+        fresh = _embed_isolating_failures(lookup.embedder, lookup.missing, lookup.outcome.failures)
+    if recent is not None:
+        recent.remember(lookup, fresh)
+    return fresh
+
+
+def embedding_cache_store(*, lookup: CacheLookup, fresh: dict[str, list[float]], count: bool = True) -> CacheOutcome:
+    """Write what the model just made to both layers (the durable table at once, in its own
+    commit) and count the hits and misses; returns the complete outcome."""
+    outcome, keys, model_id = lookup.outcome, lookup.keys, lookup.embedder.model_id
+    if fresh:
+        with transaction.atomic():
+            EmbeddingCacheEntry.objects.bulk_create(
+                [EmbeddingCacheEntry(key=keys[t], model_id=model_id, embedding=v) for t, v in fresh.items()],
+                ignore_conflicts=True,
+            )
+            if count:  # in the same commit as the new entries
+                _count(model_id, outcome)
+                count = False
+        _hot_set({keys[text]: vector for text, vector in fresh.items()})
+        outcome.vectors.update(fresh)
     if count:
-        _count(embedder.model_id, outcome)
+        _count(model_id, outcome)
     return outcome
 
 
@@ -119,9 +177,14 @@ def _count(model_id: str, outcome: CacheOutcome) -> None:
     if not (outcome.hot_hits or outcome.durable_hits or outcome.misses):
         return
     metrics_cache_count(hot_hits=outcome.hot_hits, durable_hits=outcome.durable_hits, misses=outcome.misses)
-    stats, _ = EmbeddingCacheStats.objects.get_or_create(model_id=model_id, day=timezone.now().date())
-    EmbeddingCacheStats.objects.filter(pk=stats.pk).update(
-        hot_hits=F("hot_hits") + outcome.hot_hits,
-        durable_hits=F("durable_hits") + outcome.durable_hits,
-        misses=F("misses") + outcome.misses,
-    )
+    # One statement: the day's row is created by its first batch and added to by the rest.
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"""
+            INSERT INTO {EmbeddingCacheStats._meta.db_table} AS s (model_id, day, hot_hits, durable_hits, misses)
+            VALUES (%s, %s, %s, %s, %s)
+            ON CONFLICT (model_id, day) DO UPDATE SET hot_hits = s.hot_hits + EXCLUDED.hot_hits,
+                durable_hits = s.durable_hits + EXCLUDED.durable_hits, misses = s.misses + EXCLUDED.misses
+            """,
+            [model_id, timezone.now().date(), outcome.hot_hits, outcome.durable_hits, outcome.misses],
+        )

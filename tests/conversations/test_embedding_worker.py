@@ -117,6 +117,49 @@ def test_identical_texts_are_embedded_once_per_model(embedder, tenant):
     assert set(Message.objects.values_list("embedding_state", flat=True)) == {"done"}
 
 
+def test_the_model_runs_a_batch_ahead_and_never_embeds_a_text_twice(embedder, tenant):
+    """The drain embeds batch n + 1 in the model thread while it stores batch n, so the third
+    batch is looked up before the second is cached: the texts they share come from the second
+    batch's fresh vectors, not from the model again."""
+    threads: set[str] = set()
+    embed = embedder.embed
+
+    def recording(texts):
+        threads.add(threading.current_thread().name)
+        return embed(texts)
+
+    embedder.embed = recording
+    conversation = ConversationFactory(tenant=tenant)
+    texts = [f"question {i}" for i in (0, 1, 2, 3, 4, 5, 6, 7, 4, 5, 6, 7)]  # batches of 4
+    for text in texts:
+        MessageFactory(conversation=conversation, text=text)
+
+    assert embedding_drain(embedder=embedder, seconds=30) == 13  # 12 messages, 1 (blank) conversation
+
+    assert embedder.asked == Counter(set(texts))
+    assert {name.split("_")[0] for name in threads} == {"embedding-model"}
+    assert set(Message.objects.values_list("embedding_state", flat=True)) == {"done"}
+    stats = EmbeddingCacheStats.objects.get(model_id="test:counting")
+    assert (stats.misses, stats.hot_hits) == (8, 4)
+
+
+def test_a_failing_store_ends_the_drain_instead_of_leaving_the_model_thread_waiting(embedder, tenant, monkeypatch):
+    import conversations.services.embedding as worker
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("the database went away")
+
+    monkeypatch.setattr(worker, "_upsert_vectors", broken)
+    conversation = ConversationFactory(tenant=tenant)
+    for i in range(12):
+        MessageFactory(conversation=conversation, text=f"text {i}")
+
+    with pytest.raises(RuntimeError, match="went away"):
+        embedding_drain(embedder=embedder, seconds=30)
+    # The batch being stored and the one claimed ahead of it stay claimed, for the reconciler.
+    assert Message.objects.filter(embedding_state="processing").count() in {4, 8}
+
+
 def test_a_poison_item_fails_alone(embedder, tenant):
     conversation = ConversationFactory(tenant=tenant)
     good = [MessageFactory(conversation=conversation, text=f"fine {i}") for i in range(3)]

@@ -141,7 +141,9 @@ def test_kill_minus_nine_mid_batch_loses_nothing_and_embeds_once(tenant, tmp_pat
 
     in_flight = Message.objects.filter(embedding_state="processing").count()
     done_before = Message.objects.filter(embedding_state="done").count()
-    assert in_flight == 25, "the killed worker's batch is left claimed"
+    # The held batch is left claimed, and so is the next one when the drain had already claimed
+    # it (embedding_drain claims a batch ahead, while the model thread embeds the previous one).
+    assert in_flight in {25, 50}, "the killed worker's claims are left as they were"
     assert 0 < done_before < MESSAGES
 
     time.sleep(1.1)  # past the lease

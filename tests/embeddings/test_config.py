@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib
 import math
 
+import numpy as np
 import pytest
 from django.core.exceptions import ImproperlyConfigured
 
@@ -153,3 +154,22 @@ def test_validate_vectors_refuses(vectors, message):
 
 def test_validate_vectors_returns_plain_floats():
     assert validate_vectors([[0, 1.5]], count=1, dimensions=2) == [[0.0, 1.5]]
+
+
+@pytest.mark.parametrize(
+    ("vectors", "message"),
+    [
+        (np.zeros((1, 2), dtype=np.float32), r"shape \(1, 2\) for 2 texts"),
+        (np.zeros((2, 3), dtype=np.float32), r"shape \(2, 3\)"),
+        (np.array([[0.0, 1.0], [np.nan, 0.0]], dtype=np.float32), "vector 1 holds a non-finite value"),
+        (np.array([[np.inf, 1.0], [0.0, 0.0]]), "vector 0 holds a non-finite value"),
+    ],
+)
+def test_validate_vectors_refuses_a_bad_model_array(vectors, message):
+    with pytest.raises(EmbeddingInvalid, match=message):
+        validate_vectors(vectors, count=2, dimensions=2)
+
+
+def test_validate_vectors_turns_a_model_array_into_plain_floats():
+    checked = validate_vectors(np.array([[0.25, 1.5], [-1.0, 0.0]], dtype=np.float32), count=2, dimensions=2)
+    assert checked == [[0.25, 1.5], [-1.0, 0.0]] and type(checked[0][0]) is float
