@@ -104,6 +104,19 @@ def query_vector(text: str, embedder: Embedder, *, field: str = "query") -> list
     return outcome.vectors[normalized]
 
 
+def _space_for(payload: SearchIn) -> tuple[EmbeddingSpace, Embedder | None]:
+    """The active space, and its embedder only when a text must be embedded: a query that brings
+    its own vector is answered even where the model cannot be built (no API key in this process)
+    and never waits for a model to load."""
+    from conversations.services.embedding_spaces import embedding_space_active
+
+    if payload.vector is not None:
+        space = embedding_space_active()
+        if space is not None:
+            return space, None
+    return active_space()
+
+
 def _filters(payload: SearchIn) -> SearchFilters:
     f = payload.filters
     return SearchFilters(
@@ -125,7 +138,7 @@ class SearchView(TimedViewMixin, APIView):
     def post(self, request: Request) -> Response:
         payload = parse_payload(SearchIn, request.data)
         tenant = request_tenant(request)
-        space, embedder = active_space()
+        space, embedder = _space_for(payload)
         if payload.vector is not None and len(payload.vector) != space.dimensions:
             raise FieldErrors({"vector": [f"must have {space.dimensions} dimensions (the active model's)"]})
         key = search_cache_key(
@@ -150,7 +163,11 @@ class SearchView(TimedViewMixin, APIView):
                 tenant=tenant, query=payload.query or "", filters=filters, k=payload.k, ranking=ranking
             )
         else:
-            vector = payload.vector if payload.vector is not None else query_vector(payload.query or "", embedder)
+            if payload.vector is not None:
+                vector = payload.vector
+            else:
+                assert embedder is not None  # _space_for builds it whenever there is no vector
+                vector = query_vector(payload.query or "", embedder)
             if payload.mode == "hybrid":
                 result = message_hybrid_search(
                     tenant=tenant,

@@ -104,6 +104,29 @@ def test_search_by_vector(api, corpus):
     assert ids(api.post(URL, {"vector": vector, "k": 1}, format="json")) == [str(corpus["stolen"].pk)]
 
 
+def test_a_vector_query_is_answered_where_the_active_model_cannot_be_built(api, corpus, monkeypatch):
+    """A client bringing its own vector needs no embedder: with the active space's model unusable
+    in this process (its API key is missing), vector search still answers and text search says 503."""
+    from conversations.embeddings import get_embedder
+    from conversations.models import EmbeddingSpace
+
+    vector = get_embedder().embed(["my card was stolen yesterday"])[0]
+    space = EmbeddingSpace.objects.get(state="active")
+    space.config = {
+        "BACKEND": "conversations.embeddings.openai.OpenAIEmbedder",
+        "MODEL": "text-embedding-3-small",
+        "DIMENSIONS": space.dimensions,
+        "OPTIONS": {"api_key_env": "CONVO_TEST_MISSING_KEY"},
+    }
+    space.save(update_fields=["config"])
+    monkeypatch.delenv("CONVO_TEST_MISSING_KEY", raising=False)
+    embedding_spaces_forget()
+
+    assert ids(api.post(URL, {"vector": vector, "k": 1}, format="json")) == [str(corpus["stolen"].pk)]
+    response = api.post(URL, {"query": "card stolen", "k": 1}, format="json")
+    assert response.status_code == 503 and "cannot be used here" in response.json()["error"]["message"]
+
+
 def test_text_and_hybrid_modes(api, corpus):
     words = ids(api.post(URL, {"query": "refund", "mode": "text", "k": 5}, format="json"))
     assert words == [str(corpus["refund"].pk)]
