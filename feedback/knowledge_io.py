@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import csv
 import io
+import re
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -206,7 +207,7 @@ def _csv_row(number: int, columns: list[str], cells: list[str]) -> ImportRow:
     errors: dict[str, list[str]] = {}
     if len(cells) > len(columns):
         errors["row"] = [f"The row has {len(cells)} cells; the header has {len(columns)}."]
-    cell = dict(zip(columns, cells, strict=False))
+    cell = dict(zip(columns, map(_formula_unescape, cells), strict=False))
     values: dict[str, Any] = {name: cell.get(name, "") for name in ("key", "question", "answer")}
     values["id"] = cell.get("id", "").strip() or None
     values["tags"] = [tag for tag in cell.get("tags", "").split(TAG_SEPARATOR) if tag.strip()]
@@ -490,4 +491,19 @@ def _csv_stream(rows: Iterable[dict[str, Any]]) -> Iterator[bytes]:
     yield str(writer.writerow(COLUMNS)).encode()
     for row in rows:
         cells = [row["id"], row["key"], row["question"], row["answer"], TAG_SEPARATOR.join(row["tags"])]
-        yield str(writer.writerow([*cells, "true" if row["active"] else "false"])).encode()
+        yield str(writer.writerow([*map(_formula_escape, cells), "true" if row["active"] else "false"])).encode()
+
+
+# A spreadsheet runs a cell that starts with one of these as a formula (CSV injection, OWASP).
+_FORMULA_START = re.compile(r"'*[=+\-@\t\r]")
+
+
+def _formula_escape(cell: str) -> str:
+    """``cell`` made inert for a spreadsheet by a leading apostrophe, which spreadsheets hide.
+    Cells that are apostrophes then a formula character get one too, so that
+    ``_formula_unescape`` gives every exported text back exactly."""
+    return "'" + cell if _FORMULA_START.match(cell) else cell
+
+
+def _formula_unescape(cell: str) -> str:
+    return cell[1:] if cell.startswith("'") and _FORMULA_START.match(cell[1:]) else cell

@@ -515,3 +515,20 @@ def test_export_command_refuses_an_unknown_tenant(db: Any) -> None:
     with pytest.raises(CommandError) as failed:
         call_command("convo_knowledge_export", "--tenant", "nobody", stdout=io.StringIO())
     assert failed.value.returncode == 2
+
+
+@pytest.mark.parametrize(
+    "text",
+    ['=HYPERLINK("http://x")', "+1 555 0100", "-5 to 5", "@SUM(A1)", "'=quoted", "''=twice", "'plain"],
+)
+def test_csv_export_defuses_spreadsheet_formulas_and_imports_back_exactly(tenant: Tenant, text: str) -> None:
+    entry_of(tenant, "What does this say?", answer=text)
+    exported = export(tenant, "csv")
+    (row,) = list(csv.DictReader(io.StringIO(exported.decode(), newline="")))
+    formula = text.lstrip("'")[:1] in {"=", "+", "-", "@", "\t", "\r"}
+    assert row["answer"] == ("'" + text if formula else text)
+
+    report = run(tenant, exported)
+
+    assert report.counts()["unchanged"] == 1
+    assert KnowledgeEntry.objects.get(tenant=tenant).answer == text
