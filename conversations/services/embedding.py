@@ -131,16 +131,25 @@ def embedding_drain(*, embedder: Embedder | None = None, seconds: float | None =
             raise ValueError(f"{embedder.model_id} is not the active embedding space")
     claims = _claims_in_rounds(fixed=fixed, deadline=deadline)
     recent = RecentVectors()  # only ever touched by the model thread
+    stop = threading.Event()  # the drain failed: the model thread must not start another batch
     total = 0
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="embedding-model") as model:
         in_flight: tuple[_ClaimedBatch, Future[_Computed]] | None = None
         ahead: tuple[_ClaimedBatch, Future[_Computed]] | None = None
         try:
             while True:
-                batch = next(claims, None)
+                try:
+                    batch = next(claims, None)
+                except Exception:
+                    # The next claim failed (database, cache): keep what the model already made.
+                    if in_flight is not None:
+                        done, computed = in_flight
+                        in_flight = None
+                        _batch_store(done, computed.result())
+                    raise
                 if batch is not None:
                     previous = in_flight[0] if in_flight is not None else None
-                    ahead = (batch, model.submit(_batch_compute, batch, recent, previous))
+                    ahead = (batch, model.submit(_batch_compute, batch, recent, previous, stop))
                 if in_flight is not None:
                     done, computed = in_flight
                     outcome = _batch_store(done, computed.result())
@@ -149,6 +158,14 @@ def embedding_drain(*, embedder: Embedder | None = None, seconds: float | None =
                     break
                 total += len(ahead[0].items)
                 in_flight, ahead = ahead, None
+        except BaseException:
+            stop.set()
+            for pair in (in_flight, ahead):
+                if pair is not None:
+                    pair[0].cached.set()
+            if ahead is not None:  # claimed for a store that will not happen
+                _batch_abandon(*ahead)
+            raise
         finally:
             # Should a store fail, the model thread must not wait for it for ever.
             for pair in (in_flight, ahead):
@@ -193,18 +210,56 @@ def _batch_claim(*, kind: Kind, embedder: Embedder, space: EmbeddingSpace, limit
 
 
 def _batch_compute(
-    batch: _ClaimedBatch, recent: RecentVectors | None = None, previous: _ClaimedBatch | None = None
+    batch: _ClaimedBatch,
+    recent: RecentVectors | None = None,
+    previous: _ClaimedBatch | None = None,
+    stop: threading.Event | None = None,
 ) -> _Computed:
     """The model's part: no database. Waits until the ``previous`` batch's vectors are cached.
     An unavailable provider is handed back, not raised, so the batch's store releases its items."""
     if previous is not None:
         previous.cached.wait()
+    if stop is not None and stop.is_set():
+        return EmbeddingUnavailable("the drain stopped before this batch was embedded")
     if batch.lookup is None:
         return {}
     try:
         return embedding_cache_compute(lookup=batch.lookup, recent=recent)
     except EmbeddingUnavailable as exc:
         return exc
+
+
+def _batch_abandon(batch: _ClaimedBatch, computed: Future[_Computed]) -> None:
+    """Keep what the model made for a batch that will not be stored (in the durable cache, so the
+    next claim of these items asks the provider for nothing), then hand its items back."""
+    try:
+        fresh = computed.result()
+        if batch.lookup is not None and isinstance(fresh, dict) and fresh:
+            embedding_cache_store(lookup=batch.lookup, fresh=fresh)
+    except Exception:
+        logger.exception("the vectors of %d abandoned %ss were not cached", len(batch.items), batch.kind)
+    _batch_release(batch)
+
+
+def _batch_release(batch: _ClaimedBatch) -> None:
+    """Hand a claimed batch that will not be stored back to the queue, with its attempt given
+    back (nothing was tried). Best effort: when the database is what failed, the lease
+    reconciler hands it back later instead."""
+    table = embedding_kind(batch.kind).items._meta.db_table
+    try:
+        with transaction.atomic(), connection.cursor() as cursor:
+            cursor.execute(
+                f"""
+                UPDATE {table} AS t
+                   SET embedding_state = 'pending', embedding_claimed_at = NULL,
+                       embedding_attempts = greatest(t.embedding_attempts - 1, 0)
+                  FROM unnest(%s::uuid[], %s::timestamptz[]) AS f(id, claimed_at)
+                 WHERE t.id = f.id AND t.embedding_state = 'processing' AND t.embedding_claimed_at = f.claimed_at
+                """,
+                [[item.id for item, _ in batch.items], [claimed for _, claimed in batch.items]],
+            )
+    except Exception:
+        logger.exception("could not hand back %d claimed %ss: the reconciler will", len(batch.items), batch.kind)
 
 
 def _batch_store(batch: _ClaimedBatch, computed: _Computed) -> BatchOutcome:

@@ -24,15 +24,17 @@ EMBEDDING_HNSW_EF_CONSTRUCTION: int = env.int("EMBEDDING_HNSW_EF_CONSTRUCTION", 
 
 # --- search ---------------------------------------------------------------------------------------
 # Filters matching at most this many rows are answered by an exact scan of those rows (correct by
-# construction, and a few ms at this size); larger ones by HNSW with a raised ef_search.
-SEARCH_EXACT_SCAN_MAX_ROWS: int = env.int("SEARCH_EXACT_SCAN_MAX_ROWS", default=10_000)
+# construction; about a microsecond a row, so at most ~6 ms); larger ones by HNSW with a raised
+# ef_search.
+SEARCH_EXACT_SCAN_MAX_ROWS: int = env.int("SEARCH_EXACT_SCAN_MAX_ROWS", default=5_000)
 SEARCH_EF_SEARCH_MIN: int = env.int("SEARCH_EF_SEARCH_MIN", default=100)
 SEARCH_EF_SEARCH_MAX: int = env.int("SEARCH_EF_SEARCH_MAX", default=1000)
 SEARCH_EF_SEARCH_MARGIN: float = env.float("SEARCH_EF_SEARCH_MARGIN", default=2.0)
 # When the planner expects more than this many times SEARCH_EXACT_SCAN_MAX_ROWS matching rows, the
 # capped pass that counts the matching rows (and answers exactly when they are few) is skipped and
-# HNSW is taken: at 100k rows that pass costs ~10 ms, the HNSW query ~1.5. 0 never skips it.
-SEARCH_COUNT_SKIP_FACTOR: float = env.float("SEARCH_COUNT_SKIP_FACTOR", default=2.0)
+# HNSW is taken: past the cap that pass is wasted work (~6 ms at the cap), the HNSW query ~1.5 ms.
+# 0 never skips it.
+SEARCH_COUNT_SKIP_FACTOR: float = env.float("SEARCH_COUNT_SKIP_FACTOR", default=1.0)
 # Nearest candidates fetched per requested result, to re-rank by the blended score.
 SEARCH_CANDIDATE_FACTOR: int = env.int("SEARCH_CANDIDATE_FACTOR", default=3)
 SEARCH_ADAPTIVE_STEP: float = env.float("SEARCH_ADAPTIVE_STEP", default=0.1)

@@ -143,21 +143,55 @@ def test_the_model_runs_a_batch_ahead_and_never_embeds_a_text_twice(embedder, te
     assert (stats.misses, stats.hot_hits) == (8, 4)
 
 
-def test_a_failing_store_ends_the_drain_instead_of_leaving_the_model_thread_waiting(embedder, tenant, monkeypatch):
+def test_a_failing_store_ends_the_drain_and_hands_back_the_batch_claimed_ahead(embedder, tenant, monkeypatch):
     import conversations.services.embedding as worker
 
     def broken(*args, **kwargs):
         raise RuntimeError("the database went away")
 
     monkeypatch.setattr(worker, "_upsert_vectors", broken)
-    conversation = ConversationFactory(tenant=tenant)
+    conversation = ConversationFactory(tenant=tenant, embedding_state="skipped")
     for i in range(12):
         MessageFactory(conversation=conversation, text=f"text {i}")
 
     with pytest.raises(RuntimeError, match="went away"):
         embedding_drain(embedder=embedder, seconds=30)
-    # The batch being stored and the one claimed ahead of it stay claimed, for the reconciler.
-    assert Message.objects.filter(embedding_state="processing").count() in {4, 8}
+
+    # The batch whose store failed stays claimed, for the reconciler; the one claimed ahead of it
+    # is back in the queue with its attempt given back.
+    states = Counter(Message.objects.values_list("embedding_state", "embedding_attempts"))
+    assert states == Counter({("processing", 1): 4, ("pending", 0): 8})
+
+    monkeypatch.undo()
+    Message.objects.filter(embedding_state="processing").update(embedding_state="pending")  # as the reconciler would
+    assert embedding_drain(embedder=embedder, seconds=30) == 12
+    assert set(Message.objects.values_list("embedding_state", flat=True)) == {"done"}
+    # Whatever the model made before the failure was cached: no text was embedded twice.
+    assert max(embedder.asked.values()) == 1 and len(embedder.asked) == 12
+
+
+def test_a_failing_claim_still_stores_the_batch_the_model_embedded(embedder, tenant, monkeypatch):
+    import conversations.services.embedding as worker
+
+    real_claim = worker._claim
+    calls = {"n": 0}
+
+    def claim_then_fail(**kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise RuntimeError("the cache went away")
+        return real_claim(**kwargs)
+
+    monkeypatch.setattr(worker, "_claim", claim_then_fail)
+    conversation = ConversationFactory(tenant=tenant, embedding_state="skipped")
+    for i in range(8):
+        MessageFactory(conversation=conversation, text=f"text {i}")
+
+    with pytest.raises(RuntimeError, match="cache went away"):
+        embedding_drain(embedder=embedder, seconds=30)
+
+    assert Counter(Message.objects.values_list("embedding_state", flat=True)) == {"done": 4, "pending": 4}
+    assert EmbeddingCacheEntry.objects.filter(model_id="test:counting").count() == 4
 
 
 def test_a_poison_item_fails_alone(embedder, tenant):

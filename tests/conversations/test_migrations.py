@@ -52,19 +52,30 @@ def test_sqlmigrate_shows_partial_and_gin_indexes():
 @pytest.mark.django_db(transaction=True)
 def test_vectors_stored_before_0007_get_their_message_conversation():
     from conversations.models import EmbeddingSpace, MessageEmbedding
+    from conversations.services.embedding_spaces import embedding_space_index
     from tests.factories import MessageFactory, TenantFactory
+
+    def hnsw_definitions() -> set[str]:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT indexdef FROM pg_indexes WHERE indexdef LIKE '% USING hnsw %'")
+            return {row[0] for row in cursor.fetchall()}
 
     call_command("migrate", "conversations", "0006", verbosity=0)
     message = MessageFactory(conversation__tenant=TenantFactory())
     space = EmbeddingSpace.objects.create(model_id="test:before-0007", dimensions=3)
+    embedding_space_index(space=space)
     with connection.cursor() as cursor:  # the table as 0006 left it: no conversation column
         cursor.execute(
             "INSERT INTO conversations_messageembedding (item_id, tenant_id, space_id, embedding, created_at) "
             "VALUES (%s, %s, %s, '[1,0,0]', now())",
             [message.pk, message.tenant_id, space.pk],
         )
+    indexes_before = hnsw_definitions()
+    assert f"msg_hnsw_space_{space.pk}" in " ".join(indexes_before)
 
     call_command("migrate", verbosity=0)
 
     assert MessageEmbedding.objects.get(item=message).conversation_id == message.conversation_id
     assert "msg_embedding_space_conv" in index_names()
+    # The fill dropped the HNSW indexes and built them again, exactly as they were.
+    assert hnsw_definitions() == indexes_before
