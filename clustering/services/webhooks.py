@@ -282,6 +282,8 @@ def _post(item: ClaimedDelivery, *, timeout: float, deadline: float) -> _Failure
                 status, response_headers = error.code, error.headers
     except (OSError, http.client.HTTPException, ValueError) as exc:  # URLError and timeouts are OSErrors
         reason = getattr(exc, "reason", exc)
+        if isinstance(reason, PrivateAddressRefused):  # it will not become public by waiting
+            return _Failure(f"refused: {reason}", permanent=True)
         described = "timed out" if isinstance(reason, TimeoutError) else f"{type(reason).__name__}: {reason}"
         return _Failure(f"could not reach the endpoint: {described}", endpoint_down=True)
     if 200 <= status < 300:
@@ -347,10 +349,33 @@ def _resolve(host: str, port: int, *, deadline: float) -> list[tuple[Any, ...]]:
     return addresses
 
 
-def _connect(host: str, port: int, *, timeout: float, deadline: float) -> socket.socket:
-    """A TCP connection to ``host`` (each address it resolves to in turn), by ``deadline``."""
+class PrivateAddressRefused(OSError):
+    """The endpoint's host is, or resolves to, an address webhooks may not reach."""
+
+
+def address_is_public(address: str) -> bool:
+    """Whether ``address`` (an IP) is a global unicast address: not loopback, private, link-local
+    (cloud metadata services live there), shared, multicast, reserved or unspecified."""
+    ip = ipaddress.ip_address(address.split("%", 1)[0])  # an IPv6 scope ("%eth0") is not part of it
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return ip.is_global and not ip.is_multicast
+
+
+def _connect(host: str, port: int, *, timeout: float, deadline: float, public_only: bool = False) -> socket.socket:
+    """A TCP connection to ``host`` (each address it resolves to in turn), by ``deadline``.
+    With ``public_only``, only to addresses ``address_is_public`` accepts: the check is on the
+    address connected to, so a name that resolves differently later (DNS rebinding) gains nothing."""
     error: OSError | None = None
-    for family, kind, proto, _, address in _resolve(host, port, deadline=deadline):
+    resolved = _resolve(host, port, deadline=deadline)
+    if public_only:
+        resolved = [entry for entry in resolved if address_is_public(entry[4][0])]
+        if not resolved:
+            raise PrivateAddressRefused(
+                f"{host} is not a public address (webhooks may not reach private networks; "
+                "DELIVERY_ALLOW_PRIVATE_ADDRESSES)"
+            )
+    for family, kind, proto, _, address in resolved:
         sock = socket.socket(family, kind, proto)
         try:
             sock.settimeout(_time_left(deadline, timeout))
@@ -415,7 +440,11 @@ def _connect_bounded(connection: http.client.HTTPConnection, *, deadline: float)
     there is one), then through the CONNECT tunnel urllib set up for https through a proxy, whose
     answer is read within the deadline too. Returns the TCP socket and the per-operation timeout."""
     timeout = connection.timeout if isinstance(connection.timeout, int | float) else 60.0
-    raw = _connect(connection.host, connection.port, timeout=timeout, deadline=deadline)
+    # A proxy the operator configured is trusted to enforce its own egress rules; a direct
+    # connection to the tenant's host must be to a public address.
+    direct = connection.host.strip("[]").lower() == getattr(connection, "endpoint_host", None)
+    public_only = direct and not settings.DELIVERY_ALLOW_PRIVATE_ADDRESSES
+    raw = _connect(connection.host, connection.port, timeout=timeout, deadline=deadline, public_only=public_only)
     connection.sock = _DeadlineSocket(raw, timeout=timeout, deadline=deadline)
     if connection._tunnel_host:  # type: ignore[attr-defined]
         connection._tunnel()  # type: ignore[attr-defined]
@@ -423,18 +452,18 @@ def _connect_bounded(connection: http.client.HTTPConnection, *, deadline: float)
 
 
 class _DeadlineHTTPConnection(http.client.HTTPConnection):
-    def __init__(self, *args: Any, deadline: float, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, deadline: float, endpoint_host: str, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.deadline = deadline
+        self.deadline, self.endpoint_host = deadline, endpoint_host
 
     def connect(self) -> None:
         _connect_bounded(self, deadline=self.deadline)
 
 
 class _DeadlineHTTPSConnection(http.client.HTTPSConnection):
-    def __init__(self, *args: Any, deadline: float, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, deadline: float, endpoint_host: str, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.deadline = deadline
+        self.deadline, self.endpoint_host = deadline, endpoint_host
 
     def connect(self) -> None:
         raw, timeout = _connect_bounded(self, deadline=self.deadline)
@@ -453,7 +482,12 @@ class _DeadlineHTTPHandler(urllib.request.HTTPHandler):
         self._deadline = deadline
 
     def http_open(self, req: urllib.request.Request) -> http.client.HTTPResponse:
-        return self.do_open(_DeadlineHTTPConnection, req, deadline=self._deadline)  # type: ignore[arg-type]
+        return self.do_open(
+            _DeadlineHTTPConnection,  # type: ignore[arg-type]
+            req,
+            deadline=self._deadline,
+            endpoint_host=_endpoint_host(req),
+        )
 
 
 class _DeadlineHTTPSHandler(urllib.request.HTTPSHandler):
@@ -462,7 +496,17 @@ class _DeadlineHTTPSHandler(urllib.request.HTTPSHandler):
         self._deadline = deadline
 
     def https_open(self, req: urllib.request.Request) -> http.client.HTTPResponse:
-        return self.do_open(_DeadlineHTTPSConnection, req, deadline=self._deadline)  # type: ignore[arg-type]
+        return self.do_open(
+            _DeadlineHTTPSConnection,  # type: ignore[arg-type]
+            req,
+            deadline=self._deadline,
+            endpoint_host=_endpoint_host(req),
+        )
+
+
+def _endpoint_host(req: urllib.request.Request) -> str:
+    """The URL's own host, whatever proxy the request goes through."""
+    return (urlsplit(req.full_url).hostname or "").lower()
 
 
 def _mine(item: ClaimedDelivery) -> QuerySet[AnswerDelivery]:
@@ -579,9 +623,22 @@ def webhook_url_validate(url: str) -> str:
             problem = "Must be an absolute http:// or https:// URL."
         elif len(url) > 2048 or any(ch.isspace() or ord(ch) < 32 for ch in url):
             problem = "Must be at most 2048 characters, without spaces or control characters."
+        elif not settings.DELIVERY_ALLOW_PRIVATE_ADDRESSES and _names_a_private_host(parts.hostname):
+            problem = "Must be a public address: webhooks may not reach private networks."
     if problem:
         raise ServiceError("The webhook URL is not valid.", fields={"url": [problem]})
     return url
+
+
+def _names_a_private_host(host: str) -> bool:
+    """Whether ``host`` is plainly private as written (an IP literal, or localhost). Names are
+    checked where it counts, on the address each delivery connects to (``_connect``)."""
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return not address_is_public(host)
+    except ValueError:  # a name, not an address
+        return False
 
 
 def _new_secret() -> str:

@@ -67,6 +67,10 @@ DELIVERY_LEASE_SECONDS: float = env.float("DELIVERY_LEASE_SECONDS", default=60.0
 DELIVERY_DRAIN_SECONDS: float = env.float("DELIVERY_DRAIN_SECONDS", default=50.0)
 # Pull mode: delivery ids acknowledged by one POST /api/v1/deliveries/ack.
 DELIVERY_MAX_ACK_IDS: int = env.int("DELIVERY_MAX_ACK_IDS", default=500)
+# Webhooks go only to public addresses: a URL whose host is, or resolves to, a loopback, private,
+# link-local or otherwise non-global address is refused (SSRF: a tenant's URL must not reach the
+# services beside convo). Development and tests deliver to local servers and turn it on.
+DELIVERY_ALLOW_PRIVATE_ADDRESSES: bool = env.bool("DELIVERY_ALLOW_PRIVATE_ADDRESSES", default=False)
 
 # --- clusters API ---------------------------------------------------------------------------------
 # Clusters merged into another by one request.

@@ -42,6 +42,7 @@ from clustering.services.webhooks import (
     _finish_delivered,
     _finish_failed,
     _post,
+    address_is_public,
     deliveries_send_due,
     delivery_backoff_seconds,
     delivery_retry,
@@ -858,3 +859,89 @@ def test_concurrent_senders_never_send_one_delivery_twice(receiver: Receiver) ->
     assert len(keys) == len(set(keys)) == 40
     assert set(keys) == {str(pk) for pk in AnswerDelivery.objects.values_list("pk", flat=True)}
     assert set(AnswerDelivery.objects.values_list("status", "attempts")) == {("delivered", 1)}
+
+
+# --- private addresses (SSRF) --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("address", "public"),
+    [
+        ("93.184.215.14", True),
+        ("2606:2800:21f:cb07:6820:80da:af6b:8b2c", True),
+        ("127.0.0.1", False),
+        ("10.1.2.3", False),
+        ("172.16.0.1", False),
+        ("192.168.1.1", False),
+        ("169.254.169.254", False),  # cloud metadata services
+        ("100.64.0.1", False),  # carrier-grade NAT
+        ("0.0.0.0", False),
+        ("224.0.0.1", False),
+        ("::1", False),
+        ("::ffff:127.0.0.1", False),  # IPv4-mapped loopback
+        ("fe80::1%eth0", False),
+        ("fd00::1", False),
+    ],
+)
+def test_only_global_unicast_addresses_are_public(address: str, public: bool) -> None:
+    assert address_is_public(address) is public
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "localhost"])
+def test_a_webhook_to_a_private_address_fails_for_good_unsent(
+    tenant: Tenant, receiver: Receiver, delivery_settings: Any, host: str
+) -> None:
+    delivery_settings.DELIVERY_ALLOW_PRIVATE_ADDRESSES = False
+    endpoint_for(tenant, receiver.url.replace("127.0.0.1", host))
+    answered_cluster(tenant, members=1)
+
+    deliveries_send_due()
+
+    delivery = AnswerDelivery.objects.get()
+    assert (delivery.status, delivery.attempts) == ("failed", 1)
+    assert "not a public address" in delivery.last_error
+    assert receiver.received == []
+
+
+def test_a_proxy_the_operator_set_is_used_whatever_its_address(
+    tenant: Tenant, receiver: Receiver, delivery_settings: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Through HTTP_PROXY, convo connects to the proxy (here on 127.0.0.1, as a sidecar would be),
+    which enforces its own egress rules; the endpoint's host is never looked up by convo."""
+    delivery_settings.DELIVERY_ALLOW_PRIVATE_ADDRESSES = False
+    for name in ("NO_PROXY", "no_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{receiver.server_address[1]}")
+    endpoint_for(tenant, "http://hooks.example.invalid/convo")
+    answered_cluster(tenant, members=1)
+
+    deliveries_send_due()
+
+    assert AnswerDelivery.objects.get().status == "delivered"
+    assert len(receiver.received) == 1
+
+
+@pytest.mark.parametrize(
+    ("url", "refused"),
+    [
+        ("http://127.0.0.1:8000/hook", True),
+        ("http://localhost/hook", True),
+        ("https://[::1]/hook", True),
+        ("http://169.254.169.254/latest/meta-data", True),
+        ("https://hooks.example.com/convo", False),  # a name: checked on each delivery's address
+        ("https://93.184.215.14/convo", False),
+    ],
+)
+def test_a_private_webhook_url_is_refused_when_set(
+    tenant: Tenant, delivery_settings: Any, url: str, refused: bool
+) -> None:
+    from clustering.services.webhooks import delivery_endpoint_set
+    from convo.errors import ServiceError
+
+    delivery_settings.DELIVERY_ALLOW_PRIVATE_ADDRESSES = False
+    if refused:
+        with pytest.raises(ServiceError) as caught:
+            delivery_endpoint_set(tenant=tenant, url=url)
+        assert "public address" in caught.value.fields["url"][0]
+    else:
+        assert delivery_endpoint_set(tenant=tenant, url=url).endpoint.url == url

@@ -329,6 +329,14 @@ def test_endpoint_lifecycle_shows_the_secret_only_when_made(api: APIClient, tena
     assert api.delete("/api/v1/delivery-endpoint").status_code == 204  # idempotent
 
 
+def test_a_private_endpoint_url_is_a_400_naming_url(api: APIClient, tenant: Tenant, settings: Any) -> None:
+    settings.DELIVERY_ALLOW_PRIVATE_ADDRESSES = False
+    response = api.put("/api/v1/delivery-endpoint", {"url": "http://10.0.0.5:8080/hook"}, format="json")
+    assert response.status_code == 400
+    assert "public address" in field_errors(response)["url"][0]
+    assert not DeliveryEndpoint.objects.filter(tenant=tenant).exists()
+
+
 @pytest.mark.parametrize(
     ("body", "field"),
     [({}, "url"), ({"url": "ftp://example.com/x"}, "url"), ({"url": "example.com/hook"}, "url"),
