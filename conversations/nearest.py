@@ -6,8 +6,10 @@ few or the wrong neighbours. So one statement first reads the distances of the m
 to ``SEARCH_EXACT_SCAN_MAX_ROWS`` + 1: when they are no more than that, they are all of them and
 their nearest are the exact answer, found in the same pass; when they are more, HNSW runs with
 ``ef_search`` raised in proportion to how selective the filter is, and an exact scan takes over if
-HNSW still returns fewer than ``limit`` rows. That first pass is skipped when the planner expects
-far more rows than the cap (``SEARCH_COUNT_SKIP_FACTOR``).
+HNSW still returns fewer than ``limit`` rows. When the ``ef_search`` needed passes
+``SEARCH_EF_SEARCH_MAX`` (a filter keeping a small share of a big space), the matching rows are
+scanned instead: HNSW could not find them. That first pass is skipped when the planner expects
+more rows than the cap (``SEARCH_COUNT_SKIP_FACTOR``).
 """
 
 from __future__ import annotations
@@ -75,7 +77,14 @@ def filtered_neighbours(
             matching = int(rows[0][2]) if rows else 0
             if matching <= cap:
                 return [(row[0], float(row[1])) for row in rows], "exact", matching
-        cursor.execute(_ef_search_sql(vectors_table), [limit, estimated])
+        cursor.execute(_ef_search_sql(vectors_table), [limit, estimated, limit, estimated])
+        needed = int(cursor.fetchone()[0])
+        if needed > int(settings.SEARCH_EF_SEARCH_MAX):
+            # The filter keeps too small a share of the space for any ef_search allowed to find
+            # ``limit`` of its rows (1 % of a million rows needs 2,000 candidates): HNSW would
+            # come back short or wrong, so the matching rows are scanned, however many.
+            cursor.execute(f"{select} ORDER BY {distance} + 0 LIMIT %s", knn)
+            return [(row[0], float(row[1])) for row in cursor.fetchall()], "exact", matching
         cursor.execute(f"{select} ORDER BY {distance} LIMIT %s", knn)
         found = [(row[0], float(row[1])) for row in cursor.fetchall()]
         if len(found) >= limit:
@@ -86,8 +95,9 @@ def filtered_neighbours(
 
 
 def _ef_search_sql(vectors_table: str) -> str:
-    """A statement taking (limit, estimated matching rows) that sets ``hnsw.ef_search`` for the
-    transaction to enough candidates that ``limit`` of them survive the filter. The HNSW scan
+    """A statement taking (limit, estimated matching rows) twice that sets ``hnsw.ef_search`` for
+    the transaction to enough candidates that ``limit`` of them survive the filter, within
+    ``SEARCH_EF_SEARCH_MIN``..``MAX``, and returns how many it would take uncapped. The HNSW scan
     walks the whole space, so a filter keeping a fraction f of it needs about limit / f
     candidates; f comes from the planner's estimate (cheap), and is at least what the capped
     count already proved. One round trip: the table's size is read in the same statement."""
@@ -100,7 +110,8 @@ def _ef_search_sql(vectors_table: str) -> str:
     # than walk the graph (6 ms instead of 1.5 at 10k rows); this path is only taken when the
     # rows are too many for that.
     return (
-        f"SELECT set_config('hnsw.ef_search', least(greatest({wanted}, {low}), {high})::int::text, true), "
+        f"SELECT {wanted}, "
+        f"set_config('hnsw.ef_search', least(greatest({wanted}, {low}), {high})::int::text, true), "
         "set_config('enable_seqscan', 'off', true) "
         f"FROM pg_class WHERE oid = '{vectors_table}'::regclass"
     )

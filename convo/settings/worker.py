@@ -28,7 +28,8 @@ EMBEDDING_HNSW_EF_CONSTRUCTION: int = env.int("EMBEDDING_HNSW_EF_CONSTRUCTION", 
 # ef_search.
 SEARCH_EXACT_SCAN_MAX_ROWS: int = env.int("SEARCH_EXACT_SCAN_MAX_ROWS", default=5_000)
 SEARCH_EF_SEARCH_MIN: int = env.int("SEARCH_EF_SEARCH_MIN", default=100)
-SEARCH_EF_SEARCH_MAX: int = env.int("SEARCH_EF_SEARCH_MAX", default=1000)
+# pgvector accepts at most 1000. A filter that would need more is answered by an exact scan.
+SEARCH_EF_SEARCH_MAX: int = min(env.int("SEARCH_EF_SEARCH_MAX", default=1000), 1000)
 SEARCH_EF_SEARCH_MARGIN: float = env.float("SEARCH_EF_SEARCH_MARGIN", default=2.0)
 # When the planner expects more than this many times SEARCH_EXACT_SCAN_MAX_ROWS matching rows, the
 # capped pass that counts the matching rows (and answers exactly when they are few) is skipped and

@@ -25,14 +25,22 @@ def corpus(tenant):
     space = EmbeddingSpace.objects.create(model_id="test:random", dimensions=DIMS, state=SpaceState.ACTIVE)
     owners = [name for name, count in USERS.items() for _ in range(count)]
     owners += [f"crowd-{i % 50}" for i in range(TOTAL - len(owners))]
+    # The large user's messages are spread over five conversations of a crowd user's size, so the
+    # planner's estimate of their count (rows per conversation x conversations) is about right.
     conversations = {
-        user: ConversationFactory(tenant=tenant, external_user_id=user, channel="sms" if user == "large" else "web")
+        user: [
+            ConversationFactory(tenant=tenant, external_user_id=user, channel="sms" if user == "large" else "web")
+            for _ in range(5 if user == "large" else 1)
+        ]
         for user in sorted(set(owners))
     }
     vectors = rng.normal(size=(TOTAL, DIMS)).astype(np.float32)
     vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
     messages = Message.objects.bulk_create(
-        [Message(tenant=tenant, conversation=conversations[user], text=f"m{i}") for i, user in enumerate(owners)],
+        [
+            Message(tenant=tenant, conversation=conversations[user][i % len(conversations[user])], text=f"m{i}")
+            for i, user in enumerate(owners)
+        ],
         batch_size=5000,
     )
     MessageEmbedding.objects.bulk_create(
@@ -68,8 +76,8 @@ def brute_force(vectors, ids, mask, query, k):
 
 @pytest.mark.slow
 def test_recall_at_10_under_selective_filters(corpus, tenant, settings):
-    """With the default cap every per-user query is an exact scan; with a cap of 100 the 1% and
-    10% users (and the unfiltered query) go through HNSW with a raised ef_search."""
+    """With the default cap every per-user query is an exact scan; with a cap of 100 the 10% user
+    (and the unfiltered query) go through HNSW with a raised ef_search."""
     space, vectors, ids, owners, rng = corpus
     # The strategy under test is the one the capped count picks; the planner-estimate shortcut
     # (tested below with fresh statistics) depends on statistics earlier tests leave behind.
@@ -87,9 +95,31 @@ def test_recall_at_10_under_selective_filters(corpus, tenant, settings):
             )
             assert len(found) == min(10, int(mask.sum()))
             recalls.append(len(expected & {row_id for row_id, _ in found}) / len(expected))
-        expected_strategy = "exact" if mask.sum() <= exact_cap else "hnsw"
+        # Past the cap, HNSW, unless the ef_search it would need (10 / share x margin) is more
+        # than allowed: then the rows are scanned (the 1% user: 2,000 > 1,000).
+        needed = 10 / (max(int(mask.sum()), exact_cap) / TOTAL) * settings.SEARCH_EF_SEARCH_MARGIN
+        scanned = mask.sum() <= exact_cap or needed > settings.SEARCH_EF_SEARCH_MAX
+        expected_strategy = "exact" if scanned else "hnsw"
         assert strategy.startswith(expected_strategy), (user, strategy)
         assert np.mean(recalls) >= 0.95, (user, exact_cap, np.mean(recalls))
+
+
+@pytest.mark.slow
+def test_a_filter_too_selective_for_the_allowed_ef_search_is_scanned(corpus, tenant, settings):
+    """The 1% user's 200 rows, past a cap of 100: HNSW would need ef_search 2,000 to find 10 of
+    them, more than SEARCH_EF_SEARCH_MAX allows, so they are scanned: exact, whatever the cap."""
+    space, vectors, ids, owners, rng = corpus
+    settings.SEARCH_COUNT_SKIP_FACTOR = 0
+    settings.SEARCH_EXACT_SCAN_MAX_ROWS = 100
+    settings.SEARCH_EF_SEARCH_MAX = 1000
+    mask = owners == "small"
+    for query in rng.normal(size=(5, DIMS)).astype(np.float32):
+        query /= np.linalg.norm(query)
+        found, strategy, matching = message_neighbours(
+            tenant=tenant, space=space, vector=query.tolist(), filters=SearchFilters(user_id="small"), limit=10
+        )
+        assert (strategy, matching) == ("exact", 101)
+        assert [row_id for row_id, _ in found] == [ids[mask][i] for i in np.argsort(-(vectors[mask] @ query))[:10]]
 
 
 @pytest.mark.slow

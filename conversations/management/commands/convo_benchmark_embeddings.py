@@ -143,6 +143,7 @@ class Plan:
     http_workers: int
     max_foreign_pending: int
     profile_path: str | None
+    maintenance_work_mem: str | None
 
 
 class Command(BaseCommand):
@@ -172,6 +173,11 @@ class Command(BaseCommand):
         )
         parser.add_argument("--profile", dest="profile_path", help="cProfile of a pipeline drain to this file.")
         parser.add_argument("--keep", action="store_true", help="Keep the benchmark tenants, spaces and rows.")
+        parser.add_argument(
+            "--maintenance-work-mem",
+            metavar="SIZE",
+            help="maintenance_work_mem for this run's HNSW builds, e.g. 4GB (1M vectors outgrow the server's).",
+        )
         parser.add_argument("--json", dest="json_path", help="Also write the figures to this JSON file.")
         parser.add_argument("--wait-quiet", type=float, default=0, metavar="SECONDS", help="Wait for a quiet machine.")
         parser.add_argument("--max-load", type=float, default=0.7, help="See --wait-quiet.")
@@ -203,6 +209,7 @@ class Command(BaseCommand):
             http_workers=options["http_workers"],
             max_foreign_pending=options["max_foreign_pending"],
             profile_path=options["profile_path"],
+            maintenance_work_mem=options["maintenance_work_mem"],
         )
         if options["wait_quiet"]:
             wait_until_quiet(max_load=options["max_load"], timeout=options["wait_quiet"], report=self.stdout.write)
@@ -779,6 +786,9 @@ class EmbeddingsBenchmark:
         notices: list[str] = []
         began = time.perf_counter()
         with no_statement_timeout(), _notices(notices):
+            if plan.maintenance_work_mem:
+                with connection.cursor() as cursor:  # this session only
+                    cursor.execute("SELECT set_config('maintenance_work_mem', %s, false)", [plan.maintenance_work_mem])
             embedding_space_index(space=space)
         build = time.perf_counter() - began
         began = time.perf_counter()
