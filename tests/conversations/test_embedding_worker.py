@@ -143,6 +143,13 @@ def test_the_model_runs_a_batch_ahead_and_never_embeds_a_text_twice(embedder, te
     assert (stats.misses, stats.hot_hits) == (8, 4)
 
 
+def pending_messages(tenant, count):
+    """``count`` pending messages in one conversation that has nothing to embed itself, so the
+    drain's batches are all messages."""
+    conversation = ConversationFactory(tenant=tenant, embedding_state="skipped")
+    return [MessageFactory(conversation=conversation, text=f"text {i}") for i in range(count)]
+
+
 def test_a_failing_store_ends_the_drain_and_hands_back_the_batch_claimed_ahead(embedder, tenant, monkeypatch):
     import conversations.services.embedding as worker
 
@@ -150,9 +157,7 @@ def test_a_failing_store_ends_the_drain_and_hands_back_the_batch_claimed_ahead(e
         raise RuntimeError("the database went away")
 
     monkeypatch.setattr(worker, "_upsert_vectors", broken)
-    conversation = ConversationFactory(tenant=tenant, embedding_state="skipped")
-    for i in range(12):
-        MessageFactory(conversation=conversation, text=f"text {i}")
+    pending_messages(tenant, 12)
 
     with pytest.raises(RuntimeError, match="went away"):
         embedding_drain(embedder=embedder, seconds=30)
@@ -183,9 +188,7 @@ def test_a_failing_claim_still_stores_the_batch_the_model_embedded(embedder, ten
         return real_claim(**kwargs)
 
     monkeypatch.setattr(worker, "_claim", claim_then_fail)
-    conversation = ConversationFactory(tenant=tenant, embedding_state="skipped")
-    for i in range(8):
-        MessageFactory(conversation=conversation, text=f"text {i}")
+    pending_messages(tenant, 8)
 
     with pytest.raises(RuntimeError, match="cache went away"):
         embedding_drain(embedder=embedder, seconds=30)
