@@ -119,7 +119,16 @@ def embedding_cache_store(*, lookup: CacheLookup, fresh: dict[str, list[float]],
     commit) and count the hits and misses; returns the complete outcome."""
     outcome, keys, model_id = lookup.outcome, lookup.keys, lookup.embedder.model_id
     if fresh:
+        outermost = not connection.in_atomic_block
         with transaction.atomic():
+            if outermost:
+                # Without waiting for the WAL flush: the worker's model thread waits for this
+                # commit. An entry can always be made again, and only a crash of the database
+                # server itself in the next fraction of a second could lose it (never of a worker);
+                # the vectors themselves are committed durably afterwards. Never inside a
+                # caller's transaction, whose own commit this would weaken.
+                with connection.cursor() as cursor:
+                    cursor.execute("SET LOCAL synchronous_commit = off")
             _entries_insert(model_id, [(keys[text], vector) for text, vector in fresh.items()])
             if count:  # in the same commit as the new entries
                 _count(model_id, outcome)

@@ -321,3 +321,36 @@ def test_concurrent_claims_never_share_rows(tenant):
     everything = [row for batch in taken for row in batch]
     assert len(everything) == len(set(everything)) == 40
     assert Conversation.objects.count() == 1
+
+
+def _synchronous_commit() -> str:
+    with connection.cursor() as cursor:
+        cursor.execute("SHOW synchronous_commit")
+        return cursor.fetchone()[0]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_cache_entries_commit_without_waiting_for_the_flush_only_in_their_own_transaction(embedder, monkeypatch):
+    """Outside any transaction the cache write is its own, committed asynchronously (an entry can
+    be made again); the setting ends with it. Inside a caller's transaction it is never changed:
+    that would weaken the caller's own commit."""
+    from django.db import transaction
+
+    import conversations.services.embedding_cache as cache_module
+
+    seen: list[str] = []
+    insert = cache_module._entries_insert
+
+    def watched(*args, **kwargs):
+        seen.append(_synchronous_commit())
+        return insert(*args, **kwargs)
+
+    monkeypatch.setattr(cache_module, "_entries_insert", watched)
+
+    cache_module.embed_texts_cached(embedder=embedder, texts=["alone"])
+    assert seen == ["off"] and _synchronous_commit() == "on"
+
+    with transaction.atomic():
+        cache_module.embed_texts_cached(embedder=embedder, texts=["inside"])
+        assert seen == ["off", "on"] and _synchronous_commit() == "on"
+    assert EmbeddingCacheEntry.objects.filter(model_id="test:counting").count() == 2
