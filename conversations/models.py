@@ -279,7 +279,7 @@ class MessageEmbedding(ItemEmbedding):
     item = models.ForeignKey(Message, on_delete=models.CASCADE, related_name="embeddings")
     # The message's conversation, copied when the vector is stored (a message never moves): a
     # per-user search reads the user's conversations, then their vectors through
-    # ``msg_embedding_space_conversation``, without visiting the messages at all (less than half
+    # ``msg_embedding_space_conv``, without visiting the messages at all (less than half
     # the cost of the three-table join at 100k messages).
     conversation = models.ForeignKey(Conversation, on_delete=models.CASCADE, related_name="+", db_index=False)
 

@@ -56,6 +56,8 @@ def filtered_neighbours(
     literal = vector_literal(vector)
     distance = f"(e.embedding::vector({int(dims)}) <=> %s::vector({int(dims)}))"
     select = f"SELECT e.item_id, 1 - {distance} FROM {from_sql} WHERE {where}"
+    # "+ 0" keeps the planner off the HNSW index: this is the exact scan of the matching rows.
+    exact = f"{select} ORDER BY {distance} + 0 LIMIT %s"
     knn = [literal, *params, literal, limit]
     with transaction.atomic(using=alias), connections[alias].cursor() as cursor:
         cursor.execute(f"EXPLAIN (FORMAT JSON) SELECT 1 FROM {from_sql} WHERE {where}", params)
@@ -63,10 +65,10 @@ def filtered_neighbours(
         estimated = float((json.loads(plan) if isinstance(plan, str) else plan)[0]["Plan"]["Plan Rows"])
         skip_factor = float(settings.SEARCH_COUNT_SKIP_FACTOR)
         if skip_factor > 0 and estimated > cap * skip_factor:
-            # Far more rows than an exact scan takes, by the planner's estimate: reading up to the
-            # cap would cost more than the HNSW query itself (7.5 of 11 ms at 100k rows), so it is
-            # skipped. Should the estimate be wrong, a short HNSW answer still falls back to the
-            # exact scan below, so the result is never short.
+            # More rows than an exact scan takes, by the planner's estimate: reading up to the cap
+            # would be wasted work, costing more than the HNSW query itself, so it is skipped.
+            # Should the estimate be wrong, a short HNSW answer still falls back to the exact scan
+            # below, so the result is never short.
             matching = cap + 1
         else:
             # The count and the exact scan in one pass: the distances of up to cap + 1 matching
@@ -85,25 +87,24 @@ def filtered_neighbours(
             matching = int(rows[0][2]) if rows else 0
             if matching <= cap:
                 return [(row[0], float(row[1])) for row in rows], "exact", matching
-        cursor.execute(_ef_search_sql(vectors_table), [limit, estimated, limit, estimated])
+        cursor.execute(_ef_search_sql(vectors_table), [limit, estimated])
         needed = int(cursor.fetchone()[0])
         if needed > int(settings.SEARCH_EF_SEARCH_MAX):
             # The filter keeps too small a share of the space for any ef_search allowed to find
             # ``limit`` of its rows (1 % of a million rows needs 2,000 candidates): HNSW would
             # come back short or wrong, so the matching rows are scanned, however many.
-            cursor.execute(f"{select} ORDER BY {distance} + 0 LIMIT %s", knn)
+            cursor.execute(exact, knn)
             return [(row[0], float(row[1])) for row in cursor.fetchall()], "exact", matching
         cursor.execute(f"{select} ORDER BY {distance} LIMIT %s", knn)
         found = [(row[0], float(row[1])) for row in cursor.fetchall()]
         if len(found) >= limit:
             return found, "hnsw", matching
-        # "+ 0" keeps the planner off the HNSW index: this is the exact scan of the matching rows.
-        cursor.execute(f"{select} ORDER BY {distance} + 0 LIMIT %s", knn)
+        cursor.execute(exact, knn)
         return [(row[0], float(row[1])) for row in cursor.fetchall()], "hnsw+exact", matching
 
 
 def _ef_search_sql(vectors_table: str) -> str:
-    """A statement taking (limit, estimated matching rows) twice that sets ``hnsw.ef_search`` for
+    """A statement taking (limit, estimated matching rows) that sets ``hnsw.ef_search`` for
     the transaction to enough candidates that ``limit`` of them survive the filter, within
     ``SEARCH_EF_SEARCH_MIN``..``MAX``, and returns how many it would take uncapped. The HNSW scan
     walks the whole space, so a filter keeping a fraction f of it needs about limit / f
@@ -118,8 +119,8 @@ def _ef_search_sql(vectors_table: str) -> str:
     # than walk the graph (6 ms instead of 1.5 at 10k rows); this path is only taken when the
     # rows are too many for that.
     return (
-        f"SELECT {wanted}, "
-        f"set_config('hnsw.ef_search', least(greatest({wanted}, {low}), {high})::int::text, true), "
+        "SELECT wanted, "
+        f"set_config('hnsw.ef_search', least(greatest(wanted, {low}), {high})::int::text, true), "
         "set_config('enable_seqscan', 'off', true) "
-        f"FROM pg_class WHERE oid = '{vectors_table}'::regclass"
+        f"FROM (SELECT {wanted} AS wanted FROM pg_class WHERE oid = '{vectors_table}'::regclass) AS ef"
     )

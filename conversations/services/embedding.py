@@ -160,17 +160,13 @@ def embedding_drain(*, embedder: Embedder | None = None, seconds: float | None =
                 in_flight, ahead = ahead, None
         except BaseException:
             stop.set()
+            # Should a store fail, the model thread must not wait for it for ever.
             for pair in (in_flight, ahead):
                 if pair is not None:
                     pair[0].cached.set()
             if ahead is not None:  # claimed for a store that will not happen
                 _batch_abandon(*ahead)
             raise
-        finally:
-            # Should a store fail, the model thread must not wait for it for ever.
-            for pair in (in_flight, ahead):
-                if pair is not None:
-                    pair[0].cached.set()
     return total
 
 
@@ -267,7 +263,7 @@ def _batch_store(batch: _ClaimedBatch, computed: _Computed) -> BatchOutcome:
     blank = [(item, claimed) for item, claimed in items if not texts[item.id]]
     todo = [(item, claimed) for item, claimed in items if texts[item.id]]
     try:
-        cached = (
+        outcome = (
             embedding_cache_store(lookup=batch.lookup, fresh=computed)
             if batch.lookup is not None and not isinstance(computed, EmbeddingUnavailable)
             else None
@@ -281,7 +277,6 @@ def _batch_store(batch: _ClaimedBatch, computed: _Computed) -> BatchOutcome:
             failed = _finish_failed(kind, todo, f"provider unavailable: {computed}")
             skipped = _finish_blank(kind, blank)
         return BatchOutcome(claimed=len(items), failed=failed, released=len(todo) - failed, skipped=skipped)
-    outcome = cached
 
     done: list[tuple[ClaimedItem, datetime, list[float]]] = []
     rejected: list[tuple[ClaimedItem, datetime, str]] = []

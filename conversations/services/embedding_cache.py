@@ -132,10 +132,9 @@ def embedding_cache_store(*, lookup: CacheLookup, fresh: dict[str, list[float]],
             _entries_insert(model_id, [(keys[text], vector) for text, vector in fresh.items()])
             if count:  # in the same commit as the new entries
                 _count(model_id, outcome)
-                count = False
         _hot_set({keys[text]: vector for text, vector in fresh.items()})
         outcome.vectors.update(fresh)
-    if count:
+    elif count:
         _count(model_id, outcome)
     return outcome
 

@@ -1166,7 +1166,7 @@ def _statement_kind(sql: str) -> str:
     text = " ".join(sql.split()).upper()
     if text.startswith("WITH MATCHING"):
         return "capped exact"
-    if text.startswith("SELECT SET_CONFIG"):
+    if "SET_CONFIG('HNSW.EF_SEARCH'" in text:
         return "ef_search"
     if text.startswith("EXPLAIN"):
         return "estimate"
