@@ -1,8 +1,9 @@
-"""Ingest: storing conversations and inbound messages durably, in one round trip per table.
+"""Ingest: storing conversations and inbound messages durably, in one write statement per batch.
 
 Rows are written with ``INSERT … SELECT FROM unnest(<one array per column>) ON CONFLICT DO NOTHING
-RETURNING id``: a single statement for any number of rows, which, unlike COPY, lets a replayed
-``external_id`` fall out quietly instead of failing the batch. Ids are UUIDv7 made here, so every
+RETURNING id``: a single statement for any number of rows (conversations and their messages
+together, as two data-modifying CTEs), which, unlike COPY, lets a replayed ``external_id`` fall
+out quietly instead of failing the batch. Ids are UUIDv7 made here, so every
 item's id is known before the statement runs. Each function commits once; a 202 is only sent after
 that commit, so an acknowledged item is a committed ``pending`` row (ARCHITECTURE.md, decision 1).
 
@@ -33,22 +34,47 @@ from convo.monitoring.timings import timed
 _CONVERSATIONS = Conversation._meta.db_table
 _MESSAGES = Message._meta.db_table
 
-_INSERT_CONVERSATIONS = f"""
-INSERT INTO {_CONVERSATIONS} (id, tenant_id, external_id, external_user_id, channel, session_id, status,
-                              summary, transcript, metadata, embedding_state, ingest_fingerprint)
-SELECT * FROM unnest(%s::uuid[], %s::bigint[], %s::text[], %s::text[], %s::text[], %s::text[], %s::text[],
-                     %s::text[], %s::text[], %s::jsonb[], %s::text[], %s::text[])
+_MESSAGE_COLUMNS = (
+    "id, tenant_id, conversation_id, role, text, sender_name, sender_avatar_url, external_id, raw_payload, sent_at,"
+    " embedding_state"
+)
+_MESSAGE_ROWS = f"""
+unnest(%s::uuid[], %s::bigint[], %s::uuid[], %s::text[], %s::text[], %s::text[], %s::text[], %s::text[],
+       %s::jsonb[], %s::timestamptz[], %s::text[]) AS m({_MESSAGE_COLUMNS})
+"""
+
+_INSERT_MESSAGES = f"""
+INSERT INTO {_MESSAGES} ({_MESSAGE_COLUMNS})
+SELECT * FROM {_MESSAGE_ROWS}
 ON CONFLICT DO NOTHING
 RETURNING id
 """
 
-_INSERT_MESSAGES = f"""
-INSERT INTO {_MESSAGES} (id, tenant_id, conversation_id, role, text, sender_name, sender_avatar_url,
-                         external_id, raw_payload, sent_at, embedding_state)
-SELECT * FROM unnest(%s::uuid[], %s::bigint[], %s::uuid[], %s::text[], %s::text[], %s::text[], %s::text[],
-                     %s::text[], %s::jsonb[], %s::timestamptz[], %s::text[])
-ON CONFLICT DO NOTHING
-RETURNING id
+# Conversations and their messages in one statement (one round trip). A conversation that falls
+# out (a replayed external_id, a taken session) takes its messages with it. Its last_message_at
+# is set here to what the messages trigger would compute (messages' created_at is this statement's
+# timestamp too), so the trigger finds nothing to update: updating each new row would write it
+# twice, with every index entry, in the same transaction.
+_INSERT_CONVERSATIONS_WITH_MESSAGES = f"""
+WITH conversations AS (
+    INSERT INTO {_CONVERSATIONS} (id, tenant_id, external_id, external_user_id, channel, session_id, status,
+                                  summary, transcript, metadata, embedding_state, ingest_fingerprint, last_message_at)
+    SELECT id, tenant_id, external_id, user_id, channel, session_id, status, summary, transcript, metadata,
+           embedding_state, fingerprint, GREATEST(newest_sent_at, CASE WHEN unsent THEN statement_timestamp() END)
+    FROM unnest(%s::uuid[], %s::bigint[], %s::text[], %s::text[], %s::text[], %s::text[], %s::text[],
+                %s::text[], %s::text[], %s::jsonb[], %s::text[], %s::text[], %s::timestamptz[], %s::boolean[])
+         AS c(id, tenant_id, external_id, user_id, channel, session_id, status, summary, transcript, metadata,
+              embedding_state, fingerprint, newest_sent_at, unsent)
+    ON CONFLICT DO NOTHING
+    RETURNING id
+), messages AS (
+    INSERT INTO {_MESSAGES} ({_MESSAGE_COLUMNS})
+    SELECT * FROM {_MESSAGE_ROWS}
+    WHERE m.conversation_id IN (SELECT id FROM conversations)
+    ON CONFLICT DO NOTHING
+    RETURNING id
+)
+SELECT id, true FROM conversations UNION ALL SELECT id, false FROM messages
 """
 
 # Continue the active conversation of (user, session), or start one. The update is what makes
@@ -94,16 +120,16 @@ def conversation_create_batch(*, tenant: Tenant, payloads: Sequence[Conversation
                 continue
         rows.append((index, uuid7(), payload))
 
-    inserted = _insert_conversations(tenant, rows, fingerprints)
+    message_ids_of: dict[UUID, tuple[UUID, ...]] = {}
     message_rows: list[tuple[UUID, MessageIn, UUID]] = []
-    planned: dict[UUID, tuple[int, tuple[UUID, ...]]] = {}
-    for index, conversation_id, payload in rows:
-        if conversation_id in inserted:
-            message_ids = tuple(uuid7() for _ in payload.messages)
-            message_rows.extend(zip(message_ids, payload.messages, [conversation_id] * len(message_ids), strict=True))
-            planned[conversation_id] = (index, message_ids)
-    stored_messages = _insert_messages(tenant, message_rows)
-    for conversation_id, (index, message_ids) in planned.items():
+    for _, conversation_id, payload in rows:
+        message_ids = message_ids_of[conversation_id] = tuple(uuid7() for _ in payload.messages)
+        message_rows.extend(zip(message_ids, payload.messages, [conversation_id] * len(message_ids), strict=True))
+    inserted, stored_messages = _insert_conversations_with_messages(tenant, rows, fingerprints, message_rows)
+    for index, conversation_id, _ in rows:
+        if conversation_id not in inserted:
+            continue
+        message_ids = message_ids_of[conversation_id]
         if all(message_id in stored_messages for message_id in message_ids):
             results[index] = Accepted(id=conversation_id, message_ids=message_ids)
         else:
@@ -215,13 +241,18 @@ def _count_on_commit(*, conversations: int, messages: int) -> None:
 # --- storage ---------------------------------------------------------------------------------
 
 
-def _insert_conversations(
-    tenant: Tenant, rows: Sequence[tuple[int, UUID, ConversationIn]], fingerprints: Sequence[str]
-) -> set[UUID]:
+def _insert_conversations_with_messages(
+    tenant: Tenant,
+    rows: Sequence[tuple[int, UUID, ConversationIn]],
+    fingerprints: Sequence[str],
+    message_rows: Sequence[tuple[UUID, MessageIn, UUID]],
+) -> tuple[set[UUID], set[UUID]]:
+    """Returns the ids of the conversations and of the messages stored."""
     if not rows:
-        return set()
-    columns: list[list[Any]] = [[] for _ in range(12)]
+        return set(), set()
+    columns: list[list[Any]] = [[] for _ in range(14)]
     for index, conversation_id, payload in rows:
+        sent = [message.sent_at for message in payload.messages]
         values = (
             conversation_id,
             tenant.pk,
@@ -235,17 +266,29 @@ def _insert_conversations(
             Jsonb(payload.metadata),
             _PENDING,
             fingerprints[index],
+            max((at for at in sent if at is not None), default=None),
+            None in sent,
         )
         for column, value in zip(columns, values, strict=True):
             column.append(value)
     with connection.cursor() as cursor:
-        cursor.execute(_INSERT_CONVERSATIONS, columns)
-        return {row[0] for row in cursor.fetchall()}
+        cursor.execute(_INSERT_CONVERSATIONS_WITH_MESSAGES, [*columns, *_message_columns(tenant, message_rows)])
+        stored = cursor.fetchall()
+    return {id_ for id_, is_conversation in stored if is_conversation}, {
+        id_ for id_, is_conversation in stored if not is_conversation
+    }
 
 
 def _insert_messages(tenant: Tenant, rows: Sequence[tuple[UUID, MessageIn, UUID]]) -> set[UUID]:
     if not rows:
         return set()
+    with connection.cursor() as cursor:
+        cursor.execute(_INSERT_MESSAGES, _message_columns(tenant, rows))
+        return {row[0] for row in cursor.fetchall()}
+
+
+def _message_columns(tenant: Tenant, rows: Sequence[tuple[UUID, MessageIn, UUID]]) -> list[list[Any]]:
+    """The parameters of ``_MESSAGE_ROWS``: one array per column."""
     columns: list[list[Any]] = [[] for _ in range(11)]
     for message_id, payload, conversation_id in rows:
         values = (
@@ -263,9 +306,7 @@ def _insert_messages(tenant: Tenant, rows: Sequence[tuple[UUID, MessageIn, UUID]
         )
         for column, value in zip(columns, values, strict=True):
             column.append(value)
-    with connection.cursor() as cursor:
-        cursor.execute(_INSERT_MESSAGES, columns)
-        return {row[0] for row in cursor.fetchall()}
+    return columns
 
 
 def _live_conversation_ids(tenant: Tenant, ids: set[UUID]) -> set[UUID]:

@@ -1,0 +1,96 @@
+"""The storage layer of ingest: conversations and their messages written in one statement."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from django.db import connection
+from django.db.models import F
+from django.db.models.functions import Coalesce
+
+from conversations.models import Conversation, Message, Tenant
+from conversations.payloads import ConversationIn
+from conversations.services.ingest import conversation_create_batch
+
+pytestmark = pytest.mark.django_db
+
+EARLY = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
+LATE = datetime(2026, 1, 2, 9, 0, 0, tzinfo=UTC)
+# Ahead of the database clock, within what ingest accepts (up to a day ahead).
+AHEAD = datetime.now(tz=UTC).replace(microsecond=0) + timedelta(hours=12)
+
+
+def _conversation_updates() -> int:
+    """Conversation rows updated so far in this transaction (the test's own)."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT n_tup_upd FROM pg_stat_xact_user_tables WHERE relname = %s", [Conversation._meta.db_table]
+        )
+        row = cursor.fetchone()
+    return int(row[0]) if row else 0
+
+
+def _newest_message_time(conversation_id: object) -> datetime | None:
+    """What the messages trigger computes: the newest of sent_at, or created_at where it is unset."""
+    return max(
+        Message.objects.filter(conversation_id=conversation_id)
+        .annotate(at=Coalesce(F("sent_at"), F("created_at")))
+        .values_list("at", flat=True),
+        default=None,
+    )
+
+
+@pytest.mark.parametrize(
+    "sent",
+    [
+        pytest.param([LATE, EARLY], id="every message has sent_at"),
+        pytest.param([EARLY, None], id="one message has none"),
+        pytest.param([AHEAD, None], id="a sent_at ahead of the clock"),
+        pytest.param([], id="no messages"),
+    ],
+)
+def test_last_message_at_is_written_with_the_row_as_the_trigger_would(tenant: Tenant, sent: list[datetime | None]):
+    payload = ConversationIn.model_validate(
+        {"user_id": "u", "messages": [{"text": f"m{i}", "sent_at": at} for i, at in enumerate(sent)]}
+    )
+    before = _conversation_updates()
+
+    (result,) = conversation_create_batch(tenant=tenant, payloads=[payload])
+
+    stored = Conversation.objects.get(pk=result.id)
+    assert stored.last_message_at == _newest_message_time(stored.pk)
+    assert (stored.last_message_at is None) == (not sent)
+    # Written once: the trigger found nothing left to move.
+    assert _conversation_updates() == before
+
+
+def test_a_batch_writes_each_conversation_once_and_later_messages_still_move_it(tenant: Tenant):
+    payloads = [
+        ConversationIn.model_validate(
+            {"user_id": f"u{n}", "messages": [{"text": "a", "sent_at": EARLY}, {"text": "b"}]}
+        )
+        for n in range(5)
+    ]
+    before = _conversation_updates()
+
+    results = conversation_create_batch(tenant=tenant, payloads=payloads)
+
+    assert _conversation_updates() == before
+    stored = {c.pk: c.last_message_at for c in Conversation.objects.filter(pk__in=[r.id for r in results])}
+    assert all(stored[pk] == _newest_message_time(pk) for pk in stored)
+    # The trigger still follows messages added afterwards.
+    Message.objects.create(tenant=tenant, conversation_id=results[0].id, text="c", sent_at=AHEAD)
+    assert Conversation.objects.get(pk=results[0].id).last_message_at == AHEAD
+
+
+def test_a_replayed_conversation_takes_its_messages_out_of_the_statement(tenant: Tenant):
+    body = {"external_id": "c-1", "user_id": "u", "messages": [{"text": "a"}, {"text": "b"}]}
+    (first,) = conversation_create_batch(tenant=tenant, payloads=[ConversationIn.model_validate(body)])
+    fresh = ConversationIn.model_validate({"user_id": "v", "messages": [{"text": "c"}]})
+
+    replay, other = conversation_create_batch(tenant=tenant, payloads=[ConversationIn.model_validate(body), fresh])
+
+    assert replay.id == first.id and replay.replayed
+    assert Message.objects.filter(conversation_id=first.id).count() == 2
+    assert Message.objects.filter(conversation_id=other.id).count() == 1
