@@ -241,19 +241,11 @@ def _batch_release(batch: _ClaimedBatch) -> None:
     """Hand a claimed batch that will not be stored back to the queue, with its attempt given
     back (nothing was tried). Best effort: when the database is what failed, the lease
     reconciler hands it back later instead."""
-    table = embedding_kind(batch.kind).items._meta.db_table
+    rows = [(item.id, claimed) for item, claimed in batch.items]
+    errors = ["handed back unembedded: the drain stopped"] * len(rows)
     try:
-        with transaction.atomic(), connection.cursor() as cursor:
-            cursor.execute(
-                f"""
-                UPDATE {table} AS t
-                   SET embedding_state = 'pending', embedding_claimed_at = NULL,
-                       embedding_attempts = greatest(t.embedding_attempts - 1, 0)
-                  FROM unnest(%s::uuid[], %s::timestamptz[]) AS f(id, claimed_at)
-                 WHERE t.id = f.id AND t.embedding_state = 'processing' AND t.embedding_claimed_at = f.claimed_at
-                """,
-                [[item.id for item, _ in batch.items], [claimed for _, claimed in batch.items]],
-            )
+        with transaction.atomic():
+            _finish_ids(batch.kind, rows, "pending", errors, attempt_back=True)
     except Exception:
         logger.exception("could not hand back %d claimed %ss: the reconciler will", len(batch.items), batch.kind)
 
@@ -540,21 +532,28 @@ def _finish(kind: Kind, rows: list[tuple[UUID, datetime]], state: str, errors: l
 
 
 def _finish_ids(
-    kind: Kind, rows: list[tuple[UUID, datetime]], state: str, errors: list[str] | None = None
+    kind: Kind,
+    rows: list[tuple[UUID, datetime]],
+    state: str,
+    errors: list[str] | None = None,
+    *,
+    attempt_back: bool = False,
 ) -> set[UUID]:
     """Move the rows whose claim is still the one given to ``state``; returns their ids (a row
-    re-claimed after its lease expired belongs to another worker and is left alone)."""
+    re-claimed after its lease expired belongs to another worker and is left alone).
+    ``attempt_back``: the claim's attempt is given back (nothing was tried)."""
     if not rows:
         return set()
     table = embedding_kind(kind).items._meta.db_table
     ids = [row_id for row_id, _ in rows]
     claims = [claimed for _, claimed in rows]
     messages = errors or [""] * len(rows)
+    attempts = ", embedding_attempts = greatest(t.embedding_attempts - 1, 0)" if attempt_back else ""
     with connection.cursor() as cursor:
         cursor.execute(
             f"""
             UPDATE {table} AS t
-               SET embedding_state = %s, embedding_claimed_at = NULL, embedding_error = f.error
+               SET embedding_state = %s, embedding_claimed_at = NULL, embedding_error = f.error{attempts}
               FROM unnest(%s::uuid[], %s::timestamptz[], %s::text[]) AS f(id, claimed_at, error)
              WHERE t.id = f.id AND t.embedding_state = 'processing' AND t.embedding_claimed_at = f.claimed_at
             RETURNING t.id

@@ -166,6 +166,8 @@ def test_a_failing_store_ends_the_drain_and_hands_back_the_batch_claimed_ahead(e
     # is back in the queue with its attempt given back.
     states = Counter(Message.objects.values_list("embedding_state", "embedding_attempts"))
     assert states == Counter({("processing", 1): 4, ("pending", 0): 8})
+    handed_back = Message.objects.filter(embedding_error="handed back unembedded: the drain stopped")
+    assert handed_back.count() == 4 and {m.embedding_state for m in handed_back} == {"pending"}
 
     monkeypatch.undo()
     Message.objects.filter(embedding_state="processing").update(embedding_state="pending")  # as the reconciler would
