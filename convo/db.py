@@ -45,11 +45,14 @@ def retry_on_deadlock(attempts: int = 3) -> Callable[[Callable[P, R]], Callable[
 @contextlib.contextmanager
 def no_statement_timeout() -> Iterator[None]:
     """Lift DB_STATEMENT_TIMEOUT_MS on this connection for work that must finish however long it
-    takes (benchmark index builds and mass deletes), then restore it."""
+    takes (HNSW index builds, benchmark mass deletes), then restore the timeout it had (so blocks
+    nest). Inside a transaction that rolls back, PostgreSQL undoes both itself."""
     with connection.cursor() as cursor:
-        cursor.execute("SET statement_timeout = 0")
+        cursor.execute("SELECT current_setting('statement_timeout'), set_config('statement_timeout', '0', false)")
+        row = cursor.fetchone()
+    previous = row[0] if row else "0"
     try:
         yield
     finally:
         with connection.cursor() as cursor:
-            cursor.execute("RESET statement_timeout")
+            cursor.execute("SELECT set_config('statement_timeout', %s, false)", [previous])

@@ -28,6 +28,7 @@ from conversations.embeddings import embedder_from_config, get_embedder
 from conversations.embeddings.base import Embedder
 from conversations.models import EmbeddingSpace, SpaceState
 from conversations.services.embedding_kinds import embedding_kinds
+from convo.db import no_statement_timeout
 
 _spaces: dict[tuple[str, int], EmbeddingSpace] = {}
 _embedders: dict[tuple[int, str], Embedder] = {}
@@ -105,7 +106,13 @@ def embedding_space_index(*, space: EmbeddingSpace) -> None:
     """Create the space's HNSW indexes if missing (concurrently, when not inside a transaction,
     so a big table keeps taking writes). An index left invalid by an interrupted concurrent build
     is dropped and built again: ``IF NOT EXISTS`` alone would keep it, unused, for ever.
-    ``m`` and ``ef_construction`` follow seed 002."""
+    ``m`` and ``ef_construction`` follow seed 002. A build takes as long as the space is big,
+    so it runs without DB_STATEMENT_TIMEOUT_MS (restored afterwards)."""
+    with no_statement_timeout():
+        _space_index(space)
+
+
+def _space_index(space: EmbeddingSpace) -> None:
     concurrently = "" if connection.in_atomic_block else "CONCURRENTLY"
     if connection.in_atomic_block:
         with connection.cursor() as cursor:  # no index on a table with deferred FK checks pending
