@@ -265,7 +265,9 @@ class ItemEmbedding(models.Model):
 
 
 class ConversationEmbedding(ItemEmbedding):
-    item = models.ForeignKey(Conversation, on_delete=models.CASCADE, related_name="embeddings")
+    # Looked up through conv_embedding_once_per_space (item first): an index of its own would only
+    # be one more write per vector.
+    item = models.ForeignKey(Conversation, on_delete=models.CASCADE, related_name="embeddings", db_index=False)
 
     class Meta:
         constraints = [models.UniqueConstraint(fields=["item", "space"], name="conv_embedding_once_per_space")]
@@ -276,12 +278,18 @@ class ConversationEmbedding(ItemEmbedding):
 
 
 class MessageEmbedding(ItemEmbedding):
-    item = models.ForeignKey(Message, on_delete=models.CASCADE, related_name="embeddings")
+    # Neither foreign key has an index of its own: msg_embedding_once_per_space (item first) and
+    # msg_embedding_space_conv (space first) serve their lookups, and every vector the worker
+    # stores would pay for two more index entries.
+    space = models.ForeignKey(EmbeddingSpace, on_delete=models.PROTECT, related_name="+", db_index=False)
+    item = models.ForeignKey(Message, on_delete=models.CASCADE, related_name="embeddings", db_index=False)
     # The message's conversation, copied when the vector is stored (a message never moves): a
     # per-user search reads the user's conversations, then their vectors through
     # ``msg_embedding_space_conv``, without visiting the messages at all (less than half
-    # the cost of the three-table join at 100k messages).
-    conversation = models.ForeignKey(Conversation, on_delete=models.CASCADE, related_name="+", db_index=False)
+    # the cost of the three-table join at 100k messages). Deleting a conversation deletes these
+    # rows through its messages (``item``); a cascade of its own would look them up by
+    # conversation alone, which no index leads with: a scan of the table per delete.
+    conversation = models.ForeignKey(Conversation, on_delete=models.DO_NOTHING, related_name="+", db_index=False)
 
     class Meta:
         constraints = [models.UniqueConstraint(fields=["item", "space"], name="msg_embedding_once_per_space")]

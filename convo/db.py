@@ -9,6 +9,7 @@ from collections.abc import Callable, Iterator
 from typing import ParamSpec, TypeVar
 
 from django.db import OperationalError, connection
+from psycopg import pq
 
 logger = logging.getLogger(__name__)
 
@@ -45,14 +46,24 @@ def retry_on_deadlock(attempts: int = 3) -> Callable[[Callable[P, R]], Callable[
 @contextlib.contextmanager
 def no_statement_timeout() -> Iterator[None]:
     """Lift DB_STATEMENT_TIMEOUT_MS on this connection for work that must finish however long it
-    takes (HNSW index builds, benchmark mass deletes), then restore the timeout it had (so blocks
-    nest). Inside a transaction that rolls back, PostgreSQL undoes both itself."""
+    takes (HNSW index builds, benchmark mass deletes), then restore the timeout it had, so blocks
+    nest. Inside a transaction the change is local to it (safe behind a transaction pooler), and
+    when a statement in the block failed, the rollback undoes it: restoring it then would only
+    hide the failure behind "current transaction is aborted"."""
+    local = connection.in_atomic_block
     with connection.cursor() as cursor:
-        cursor.execute("SELECT current_setting('statement_timeout'), set_config('statement_timeout', '0', false)")
+        cursor.execute("SELECT current_setting('statement_timeout')")
         row = cursor.fetchone()
-    previous = row[0] if row else "0"
+        previous = row[0] if row else "0"
+        cursor.execute("SELECT set_config('statement_timeout', '0', %s)", [local])
     try:
         yield
     finally:
-        with connection.cursor() as cursor:
-            cursor.execute("SELECT set_config('statement_timeout', %s, false)", [previous])
+        if not _transaction_failed():
+            with connection.cursor() as cursor:
+                cursor.execute("SELECT set_config('statement_timeout', %s, %s)", [previous, local])
+
+
+def _transaction_failed() -> bool:
+    raw = connection.connection
+    return raw is not None and raw.info.transaction_status == pq.TransactionStatus.INERROR

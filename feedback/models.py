@@ -346,7 +346,8 @@ class KnowledgeEntryVersion(models.Model):
 class KnowledgeEmbedding(ItemEmbedding):
     """The vector of an entry's question in one embedding space (HNSW per space, like messages)."""
 
-    item = models.ForeignKey(KnowledgeEntry, on_delete=models.CASCADE, related_name="embeddings")
+    # Looked up through kb_embedding_once_per_space (item first): no index of its own.
+    item = models.ForeignKey(KnowledgeEntry, on_delete=models.CASCADE, related_name="embeddings", db_index=False)
 
     class Meta:
         constraints = [models.UniqueConstraint(fields=["item", "space"], name="kb_embedding_once_per_space")]

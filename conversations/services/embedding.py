@@ -242,10 +242,9 @@ def _batch_release(batch: _ClaimedBatch) -> None:
     back (nothing was tried). Best effort: when the database is what failed, the lease
     reconciler hands it back later instead."""
     rows = [(item.id, claimed) for item, claimed in batch.items]
-    errors = ["handed back unembedded: the drain stopped"] * len(rows)
     try:
         with transaction.atomic():
-            _finish_ids(batch.kind, rows, "pending", errors, attempt_back=True)
+            _finish_ids(batch.kind, rows, "pending", attempt_back=True)
     except Exception:
         logger.exception("could not hand back %d claimed %ss: the reconciler will", len(batch.items), batch.kind)
 
@@ -541,19 +540,22 @@ def _finish_ids(
 ) -> set[UUID]:
     """Move the rows whose claim is still the one given to ``state``; returns their ids (a row
     re-claimed after its lease expired belongs to another worker and is left alone).
-    ``attempt_back``: the claim's attempt is given back (nothing was tried)."""
+    ``attempt_back``: nothing was tried, so the claim's attempt is given back and the last error
+    (of an earlier attempt) is kept."""
     if not rows:
         return set()
     table = embedding_kind(kind).items._meta.db_table
     ids = [row_id for row_id, _ in rows]
     claims = [claimed for _, claimed in rows]
     messages = errors or [""] * len(rows)
-    attempts = ", embedding_attempts = greatest(t.embedding_attempts - 1, 0)" if attempt_back else ""
+    outcome = (
+        "embedding_attempts = greatest(t.embedding_attempts - 1, 0)" if attempt_back else "embedding_error = f.error"
+    )
     with connection.cursor() as cursor:
         cursor.execute(
             f"""
             UPDATE {table} AS t
-               SET embedding_state = %s, embedding_claimed_at = NULL, embedding_error = f.error{attempts}
+               SET embedding_state = %s, embedding_claimed_at = NULL, {outcome}
               FROM unnest(%s::uuid[], %s::timestamptz[], %s::text[]) AS f(id, claimed_at, error)
              WHERE t.id = f.id AND t.embedding_state = 'processing' AND t.embedding_claimed_at = f.claimed_at
             RETURNING t.id

@@ -107,12 +107,8 @@ def embedding_space_index(*, space: EmbeddingSpace) -> None:
     so a big table keeps taking writes). An index left invalid by an interrupted concurrent build
     is dropped and built again: ``IF NOT EXISTS`` alone would keep it, unused, for ever.
     ``m`` and ``ef_construction`` follow seed 002. A build takes as long as the space is big,
-    so it runs without DB_STATEMENT_TIMEOUT_MS (restored afterwards)."""
-    with no_statement_timeout():
-        _space_index(space)
-
-
-def _space_index(space: EmbeddingSpace) -> None:
+    so it runs without DB_STATEMENT_TIMEOUT_MS (restored afterwards); an index already built is
+    left alone without touching the setting or taking a lock."""
     concurrently = "" if connection.in_atomic_block else "CONCURRENTLY"
     if connection.in_atomic_block:
         with connection.cursor() as cursor:  # no index on a table with deferred FK checks pending
@@ -121,11 +117,14 @@ def _space_index(space: EmbeddingSpace) -> None:
         name = f"{kind.index_prefix}_hnsw_space_{int(space.pk)}"
         with connection.cursor() as cursor:
             cursor.execute(
-                "SELECT NOT i.indisvalid FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid WHERE c.relname = %s",
+                "SELECT i.indisvalid FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid WHERE c.relname = %s",
                 [name],
             )
             row = cursor.fetchone()
             if row is not None and row[0]:
+                continue  # built: CREATE INDEX ... IF NOT EXISTS would still wait for a lock on the table
+        with no_statement_timeout(), connection.cursor() as cursor:
+            if row is not None:  # left invalid by an interrupted concurrent build
                 cursor.execute(f"DROP INDEX {concurrently} IF EXISTS {name}")
             cursor.execute(
                 f"CREATE INDEX {concurrently} IF NOT EXISTS {name} "

@@ -79,3 +79,53 @@ def test_vectors_stored_before_0007_get_their_message_conversation():
     assert "msg_embedding_space_conv" in index_names()
     # The fill dropped the HNSW indexes and built them again, exactly as they were.
     assert hnsw_definitions() == indexes_before
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(
+    ("table", "columns"),
+    [
+        # conversation_id leads none: those rows are deleted through their messages (item_id).
+        ("conversations_messageembedding", ["item_id", "space_id", "tenant_id"]),
+        ("conversations_conversationembedding", ["item_id", "tenant_id"]),
+        ("feedback_knowledgeembedding", ["item_id", "tenant_id"]),
+    ],
+)
+def test_each_vector_table_foreign_key_leads_exactly_one_btree_index(table, columns):
+    """Deletes cascade and lookups go by these columns, so each must lead an index; and a second
+    index it leads is only one more write for every vector stored (migration 0008)."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            """
+            SELECT a.attname FROM pg_index i
+              JOIN pg_class ix ON ix.oid = i.indexrelid JOIN pg_am am ON am.oid = ix.relam
+              JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0]
+             WHERE i.indrelid = %s::regclass AND am.amname = 'btree'
+            """,
+            [table],
+        )
+        leading = [row[0] for row in cursor.fetchall()]
+    assert {column: leading.count(column) for column in columns} == dict.fromkeys(columns, 1)
+
+
+@pytest.mark.django_db
+def test_deleting_a_conversation_deletes_its_message_vectors_through_the_messages(tenant):
+    from django.test.utils import CaptureQueriesContext
+
+    from conversations.models import EmbeddingSpace, MessageEmbedding, SpaceState
+    from tests.factories import ConversationFactory, MessageFactory
+
+    space = EmbeddingSpace.objects.create(model_id="test:cascade", dimensions=2, state=SpaceState.ACTIVE)
+    doomed, kept = ConversationFactory(tenant=tenant), ConversationFactory(tenant=tenant)
+    for conversation in (doomed, kept):
+        for message in (MessageFactory(conversation=conversation), MessageFactory(conversation=conversation)):
+            MessageEmbedding.objects.create(
+                item=message, conversation=conversation, tenant=tenant, space=space, embedding=[1.0, 0.0]
+            )
+
+    with CaptureQueriesContext(connection) as queries:
+        doomed.delete()
+
+    assert set(MessageEmbedding.objects.values_list("conversation_id", flat=True)) == {kept.pk}
+    # Never looked up by conversation alone, which no index of the table leads with.
+    assert not [q["sql"] for q in queries if '"conversations_messageembedding"."conversation_id" IN' in q["sql"]]

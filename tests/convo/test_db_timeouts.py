@@ -6,7 +6,7 @@ import re
 from typing import Any
 
 import pytest
-from django.db import connection
+from django.db import DatabaseError, connection, transaction
 
 from conversations.models import EmbeddingSpace, SpaceState
 from conversations.services.embedding_spaces import embedding_space_index
@@ -51,3 +51,31 @@ def test_an_index_build_runs_without_the_timeout_and_gives_it_back():
     assert seen and set(seen.values()) == {"0"}
     assert any(name.startswith("msg_hnsw_space_") for name in seen)
     assert _timeout() == "4321ms"
+
+
+def test_a_failure_inside_the_block_is_the_error_raised():
+    """The restore is skipped in a failed transaction (its rollback undoes the change), so the
+    caller sees what failed, not "current transaction is aborted"."""
+    with (
+        pytest.raises(DatabaseError, match="division by zero"),
+        transaction.atomic(),
+        no_statement_timeout(),
+        connection.cursor() as cursor,
+    ):
+        cursor.execute("SELECT 1 / 0")
+    assert _timeout() != "0"
+
+
+def test_a_space_already_indexed_is_left_alone():
+    """Every process calls this when it first meets a space: with the indexes built, it neither
+    waits for a lock on the vector tables nor touches the connection's settings."""
+    from django.test.utils import CaptureQueriesContext
+
+    space = EmbeddingSpace.objects.create(model_id="test:indexed", dimensions=8, state=SpaceState.BUILDING)
+    embedding_space_index(space=space)
+
+    with CaptureQueriesContext(connection) as queries:
+        embedding_space_index(space=space)
+
+    written = [q["sql"] for q in queries if "CREATE INDEX" in q["sql"] or "statement_timeout" in q["sql"]]
+    assert written == []
