@@ -38,17 +38,11 @@ _MESSAGE_COLUMNS = (
     "id, tenant_id, conversation_id, role, text, sender_name, sender_avatar_url, external_id, raw_payload, sent_at,"
     " embedding_state"
 )
-_MESSAGE_ROWS = f"""
-unnest(%s::uuid[], %s::bigint[], %s::uuid[], %s::text[], %s::text[], %s::text[], %s::text[], %s::text[],
-       %s::jsonb[], %s::timestamptz[], %s::text[]) AS m({_MESSAGE_COLUMNS})
-"""
-
-_INSERT_MESSAGES = f"""
-INSERT INTO {_MESSAGES} ({_MESSAGE_COLUMNS})
-SELECT * FROM {_MESSAGE_ROWS}
-ON CONFLICT DO NOTHING
-RETURNING id
-"""
+_MESSAGE_ARRAYS = (
+    "%s::uuid[], %s::bigint[], %s::uuid[], %s::text[], %s::text[], %s::text[], %s::text[], %s::text[], %s::jsonb[],"
+    " %s::timestamptz[], %s::text[]"
+)
+_MESSAGE_ROWS = f"unnest({_MESSAGE_ARRAYS}) AS m({_MESSAGE_COLUMNS})"
 
 # Conversations and their messages in one statement (one round trip). A conversation that falls
 # out (a replayed external_id, a taken session) takes its messages with it. Its last_message_at
@@ -77,16 +71,31 @@ WITH conversations AS (
 SELECT id, true FROM conversations UNION ALL SELECT id, false FROM messages
 """
 
-# Continue the active conversation of (user, session), or start one. The update is what makes
-# RETURNING give the id of a conversation that already existed.
-_UPSERT_SESSIONS = f"""
-INSERT INTO {_CONVERSATIONS} (id, tenant_id, external_user_id, session_id, channel, status, summary,
-                              transcript, metadata, embedding_state, ingest_fingerprint)
-SELECT id, %s, user_id, session_id, channel, 'active', '', '', '{{}}'::jsonb, 'pending', ''
-FROM unnest(%s::uuid[], %s::text[], %s::text[], %s::text[]) AS s(id, user_id, session_id, channel)
-ON CONFLICT (tenant_id, external_user_id, session_id) WHERE status = 'active' AND deleted_at IS NULL
-DO UPDATE SET updated_at = now()
-RETURNING id, external_user_id, session_id
+# Inbound messages in one statement: the active conversation of each (user, session) is continued
+# or started (the DO UPDATE is what makes RETURNING give the id of one that already existed), and
+# each message is stored in its given conversation or in its session's.
+_INGEST_MESSAGES = f"""
+WITH sessions AS (
+    INSERT INTO {_CONVERSATIONS} (id, tenant_id, external_user_id, session_id, channel, status, summary,
+                                  transcript, metadata, embedding_state, ingest_fingerprint)
+    SELECT id, %s, user_id, session_id, channel, 'active', '', '', '{{}}'::jsonb, 'pending', ''
+    FROM unnest(%s::uuid[], %s::text[], %s::text[], %s::text[]) AS s(id, user_id, session_id, channel)
+    ON CONFLICT (tenant_id, external_user_id, session_id) WHERE status = 'active' AND deleted_at IS NULL
+    DO UPDATE SET updated_at = now()
+    RETURNING id, external_user_id, session_id
+), messages AS (
+    INSERT INTO {_MESSAGES} ({_MESSAGE_COLUMNS})
+    SELECT m.id, m.tenant_id, COALESCE(m.conversation_id, s.id), m.role, m.text, m.sender_name,
+           m.sender_avatar_url, m.external_id, m.raw_payload, m.sent_at, m.embedding_state
+    FROM unnest({_MESSAGE_ARRAYS}, %s::text[], %s::text[]) AS m({_MESSAGE_COLUMNS}, user_id, session_id)
+    LEFT JOIN sessions AS s
+           ON m.conversation_id IS NULL AND s.external_user_id = m.user_id AND s.session_id = m.session_id
+    ON CONFLICT DO NOTHING
+    RETURNING id
+)
+SELECT id, external_user_id, session_id FROM sessions
+UNION ALL
+SELECT id, NULL, NULL FROM messages
 """
 
 _PENDING = EmbeddingState.PENDING.value
@@ -174,28 +183,28 @@ def message_ingest_batch(
 
     explicit = {payload.conversation_id for payload in payloads if payload.conversation_id is not None}
     live = _live_conversation_ids(tenant, explicit)
-    session_ids = _resolve_sessions(tenant, [payload for payload in payloads if payload.conversation_id is None])
 
-    message_rows: list[tuple[UUID, MessageIn, UUID]] = []
+    # (message id, payload, its conversation: None until the statement gives its session's)
+    message_rows: list[tuple[UUID, InboundMessageIn, UUID | None]] = []
     positions: dict[UUID, int] = {}
     for index, payload in enumerate(payloads):
-        if payload.conversation_id is not None:
-            if payload.conversation_id not in live:
-                results[index] = Rejected("not_found", "No such conversation.", {"conversation_id": ["Not found."]})
-                continue
-            conversation_id = payload.conversation_id
-        else:
-            conversation_id = session_ids[(payload.user_id or "", payload.session_id or "")]
+        if payload.conversation_id is not None and payload.conversation_id not in live:
+            results[index] = Rejected("not_found", "No such conversation.", {"conversation_id": ["Not found."]})
+            continue
         message_id = uuid7()
         positions[message_id] = index
-        message_rows.append((message_id, payload, conversation_id))
+        message_rows.append((message_id, payload, payload.conversation_id))
 
-    inserted = _insert_messages(tenant, message_rows)
+    sessions, inserted = _ingest_messages(tenant, message_rows)
     if inserted:
         embedding_kick_on_commit()
         _count_on_commit(conversations=0, messages=len(inserted))
+    stored_rows = [
+        (message_id, message, conversation_id or sessions[(message.user_id or "", message.session_id or "")])
+        for message_id, message, conversation_id in message_rows
+    ]
     replays: list[tuple[int, MessageIn]] = []
-    for message_id, message, conversation_id in message_rows:
+    for message_id, message, conversation_id in stored_rows:
         index = positions[message_id]
         if message_id in inserted:
             results[index] = Accepted(id=message_id, conversation_id=conversation_id)
@@ -279,16 +288,9 @@ def _insert_conversations_with_messages(
     }
 
 
-def _insert_messages(tenant: Tenant, rows: Sequence[tuple[UUID, MessageIn, UUID]]) -> set[UUID]:
-    if not rows:
-        return set()
-    with connection.cursor() as cursor:
-        cursor.execute(_INSERT_MESSAGES, _message_columns(tenant, rows))
-        return {row[0] for row in cursor.fetchall()}
-
-
-def _message_columns(tenant: Tenant, rows: Sequence[tuple[UUID, MessageIn, UUID]]) -> list[list[Any]]:
-    """The parameters of ``_MESSAGE_ROWS``: one array per column."""
+def _message_columns(tenant: Tenant, rows: Sequence[tuple[UUID, MessageIn, UUID | None]]) -> list[list[Any]]:
+    """The parameters of ``_MESSAGE_ROWS``: one array per column (a conversation not known yet
+    is NULL, for the statement to fill in)."""
     columns: list[list[Any]] = [[] for _ in range(11)]
     for message_id, payload, conversation_id in rows:
         values = (
@@ -322,26 +324,33 @@ def _live_conversation_ids(tenant: Tenant, ids: set[UUID]) -> set[UUID]:
     )
 
 
-def _resolve_sessions(tenant: Tenant, payloads: Sequence[InboundMessageIn]) -> dict[tuple[str, str], UUID]:
-    """Map each (user, session) to its active conversation, starting those that have none."""
+def _ingest_messages(
+    tenant: Tenant, rows: Sequence[tuple[UUID, InboundMessageIn, UUID | None]]
+) -> tuple[dict[tuple[str, str], UUID], set[UUID]]:
+    """Run ``_INGEST_MESSAGES``; returns each (user, session)'s conversation and the ids of the
+    messages stored (the others are replays)."""
+    if not rows:
+        return {}, set()
     channels: dict[tuple[str, str], str] = {}
-    for payload in payloads:
-        channels.setdefault((payload.user_id or "", payload.session_id or ""), payload.channel.value)
-    if not channels:
-        return {}
+    for _, payload, conversation_id in rows:
+        if conversation_id is None:
+            channels.setdefault((payload.user_id or "", payload.session_id or ""), payload.channel.value)
     keys = sorted(channels)  # a fixed order, so concurrent upserts lock rows in the same order
+    sessions: list[Any] = [
+        tenant.pk,
+        [uuid7() for _ in keys],
+        [user for user, _ in keys],
+        [session for _, session in keys],
+        [channels[key] for key in keys],
+    ]
+    messages = _message_columns(tenant, rows)
+    messages.append([payload.user_id for _, payload, _ in rows])
+    messages.append([payload.session_id for _, payload, _ in rows])
     with connection.cursor() as cursor:
-        cursor.execute(
-            _UPSERT_SESSIONS,
-            [
-                tenant.pk,
-                [uuid7() for _ in keys],
-                [user for user, _ in keys],
-                [session for _, session in keys],
-                [channels[key] for key in keys],
-            ],
-        )
-        return {(user, session): conversation_id for conversation_id, user, session in cursor.fetchall()}
+        cursor.execute(_INGEST_MESSAGES, [*sessions, *messages])
+        returned = cursor.fetchall()
+    conversations = {(user, session): row_id for row_id, user, session in returned if user is not None}
+    return conversations, {row_id for row_id, user, _ in returned if user is None}
 
 
 def _taken_message_external_ids(tenant: Tenant, payloads: Sequence[ConversationIn]) -> set[str]:

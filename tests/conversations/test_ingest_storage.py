@@ -94,3 +94,31 @@ def test_a_replayed_conversation_takes_its_messages_out_of_the_statement(tenant:
     assert replay.id == first.id and replay.replayed
     assert Message.objects.filter(conversation_id=first.id).count() == 2
     assert Message.objects.filter(conversation_id=other.id).count() == 1
+
+
+def test_inbound_messages_start_or_continue_their_session_in_one_statement(tenant: Tenant):
+    from conversations.payloads import InboundMessageIn
+    from conversations.services.ingest import message_ingest_batch
+
+    def inbound(**fields: object) -> InboundMessageIn:
+        return InboundMessageIn.model_validate({"text": "hello", **fields})
+
+    (first,) = message_ingest_batch(tenant=tenant, payloads=[inbound(user_id="u", session_id="s", sent_at=EARLY)])
+    other = Conversation.objects.create(tenant=tenant, external_user_id="v")
+    later, elsewhere, fresh = message_ingest_batch(
+        tenant=tenant,
+        payloads=[
+            inbound(user_id="u", session_id="s", sent_at=LATE),
+            inbound(conversation_id=str(other.pk), sent_at=LATE),
+            inbound(user_id="u", session_id="t"),
+        ],
+    )
+
+    assert later.conversation_id == first.conversation_id  # continued
+    assert elsewhere.conversation_id == other.pk
+    assert fresh.conversation_id not in {first.conversation_id, other.pk}  # a new session
+    # The trigger moved each conversation to its newest message, in the same statement's wake.
+    for conversation_id in (first.conversation_id, other.pk, fresh.conversation_id):
+        assert Conversation.objects.get(pk=conversation_id).last_message_at == _newest_message_time(conversation_id)
+    assert Conversation.objects.get(pk=first.conversation_id).last_message_at == LATE
+    assert Message.objects.filter(conversation_id=first.conversation_id).count() == 2
