@@ -67,3 +67,24 @@ def no_statement_timeout() -> Iterator[None]:
 def _transaction_failed() -> bool:
     raw = connection.connection
     return raw is not None and raw.info.transaction_status == pq.TransactionStatus.INERROR
+
+
+def index_ensure(*, name: str, definition: str) -> None:
+    """Build the index ``name`` (``CREATE INDEX <name> <definition>``) unless a valid one exists.
+    Outside a transaction it is built concurrently, so the table keeps taking writes; one left
+    invalid by an interrupted concurrent build is dropped first (``IF NOT EXISTS`` alone would keep
+    it, unused, for ever). A build takes as long as the table is big, so it runs without the
+    statement timeout; an index already built costs one catalogue read, and neither a lock on the
+    table (which ``CREATE INDEX ... IF NOT EXISTS`` still takes) nor a change of settings."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT i.indisvalid FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid WHERE c.relname = %s", [name]
+        )
+        row = cursor.fetchone()
+    if row is not None and row[0]:
+        return
+    concurrently = "" if connection.in_atomic_block else "CONCURRENTLY"
+    with no_statement_timeout(), connection.cursor() as cursor:
+        if row is not None:
+            cursor.execute(f"DROP INDEX {concurrently} IF EXISTS {name}")
+        cursor.execute(f"CREATE INDEX {concurrently} IF NOT EXISTS {name} {definition}")

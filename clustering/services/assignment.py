@@ -61,6 +61,7 @@ from clustering.services.scoring import (
 )
 from conversations.models import Conversation, EmbeddingSpace, Message, MessageEmbedding, Role
 from conversations.services.embedding_cache import text_normalize
+from convo.db import index_ensure
 from convo.ids import uuid7
 from convo.monitoring.timings import timed
 
@@ -218,28 +219,18 @@ def clusters_assign_embedded(*, space: EmbeddingSpace, items: list[EmbeddedMessa
 
 
 def cluster_space_index(*, space: EmbeddingSpace) -> None:
-    """Create the space's HNSW index over joinable clusters if missing (concurrently when not in
-    a transaction), when CLUSTER_HNSW_INDEX is on; otherwise nothing (an existing index is left
-    alone). Called where the space's other indexes are made (embedding_space_index)."""
+    """Create the space's HNSW index over joinable clusters if missing (``index_ensure``), when
+    CLUSTER_HNSW_INDEX is on; otherwise nothing (an existing index is left alone). Called where
+    the space's other indexes are made (embedding_space_index)."""
     if not settings.CLUSTER_HNSW_INDEX:
         return
-    name = f"cluster_hnsw_space_{int(space.pk)}"
-    concurrently = "" if connection.in_atomic_block else "CONCURRENTLY"
-    with connection.cursor() as cursor:
-        cursor.execute(
-            "SELECT NOT i.indisvalid FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid WHERE c.relname = %s",
-            [name],
-        )
-        row = cursor.fetchone()
-        if row is not None and row[0]:  # left invalid by an interrupted concurrent build
-            cursor.execute(f"DROP INDEX {concurrently} IF EXISTS {name}")
-        cursor.execute(
-            f"CREATE INDEX {concurrently} IF NOT EXISTS {name} ON {_CLUSTERS} "
-            f"USING hnsw ((vector_sum::vector({int(space.dimensions)})) vector_cosine_ops) "
-            f"WITH (m = {int(settings.EMBEDDING_HNSW_M)}, "
-            f"ef_construction = {int(settings.EMBEDDING_HNSW_EF_CONSTRUCTION)}) "
-            f"WHERE space_id = {int(space.pk)} AND status IN ('open', 'answered')"
-        )
+    index_ensure(
+        name=f"cluster_hnsw_space_{int(space.pk)}",
+        definition=f"ON {_CLUSTERS} USING hnsw ((vector_sum::vector({int(space.dimensions)})) vector_cosine_ops) "
+        f"WITH (m = {int(settings.EMBEDDING_HNSW_M)}, "
+        f"ef_construction = {int(settings.EMBEDDING_HNSW_EF_CONSTRUCTION)}) "
+        f"WHERE space_id = {int(space.pk)} AND status IN ('open', 'answered')",
+    )
 
 
 def cluster_best(

@@ -28,7 +28,7 @@ from conversations.embeddings import embedder_from_config, get_embedder
 from conversations.embeddings.base import Embedder
 from conversations.models import EmbeddingSpace, SpaceState
 from conversations.services.embedding_kinds import embedding_kinds
-from convo.db import no_statement_timeout
+from convo.db import index_ensure
 
 _spaces: dict[tuple[str, int], EmbeddingSpace] = {}
 _embedders: dict[tuple[int, str], Embedder] = {}
@@ -103,36 +103,20 @@ def embedding_space_active_embedder() -> tuple[EmbeddingSpace, Embedder] | None:
 
 
 def embedding_space_index(*, space: EmbeddingSpace) -> None:
-    """Create the space's HNSW indexes if missing (concurrently, when not inside a transaction,
-    so a big table keeps taking writes). An index left invalid by an interrupted concurrent build
-    is dropped and built again: ``IF NOT EXISTS`` alone would keep it, unused, for ever.
-    ``m`` and ``ef_construction`` follow seed 002. A build takes as long as the space is big,
-    so it runs without DB_STATEMENT_TIMEOUT_MS (restored afterwards); an index already built is
-    left alone without touching the setting or taking a lock."""
-    concurrently = "" if connection.in_atomic_block else "CONCURRENTLY"
+    """Create the space's HNSW indexes if missing (``index_ensure``: concurrently outside a
+    transaction, without the statement timeout, an invalid one rebuilt, a built one left alone).
+    ``m`` and ``ef_construction`` follow seed 002."""
     if connection.in_atomic_block:
         with connection.cursor() as cursor:  # no index on a table with deferred FK checks pending
             cursor.execute("SET CONSTRAINTS ALL IMMEDIATE")
     for kind in embedding_kinds():
-        name = f"{kind.index_prefix}_hnsw_space_{int(space.pk)}"
-        with connection.cursor() as cursor:
-            cursor.execute(
-                "SELECT i.indisvalid FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid WHERE c.relname = %s",
-                [name],
-            )
-            row = cursor.fetchone()
-            if row is not None and row[0]:
-                continue  # built: CREATE INDEX ... IF NOT EXISTS would still wait for a lock on the table
-        with no_statement_timeout(), connection.cursor() as cursor:
-            if row is not None:  # left invalid by an interrupted concurrent build
-                cursor.execute(f"DROP INDEX {concurrently} IF EXISTS {name}")
-            cursor.execute(
-                f"CREATE INDEX {concurrently} IF NOT EXISTS {name} "
-                f"ON {kind.vectors._meta.db_table} USING hnsw ((embedding::vector({int(space.dimensions)})) "
-                f"vector_cosine_ops) WITH (m = {int(settings.EMBEDDING_HNSW_M)}, "
-                f"ef_construction = {int(settings.EMBEDDING_HNSW_EF_CONSTRUCTION)}) "
-                f"WHERE space_id = {int(space.pk)}"
-            )
+        index_ensure(
+            name=f"{kind.index_prefix}_hnsw_space_{int(space.pk)}",
+            definition=f"ON {kind.vectors._meta.db_table} USING hnsw ((embedding::vector({int(space.dimensions)})) "
+            f"vector_cosine_ops) WITH (m = {int(settings.EMBEDDING_HNSW_M)}, "
+            f"ef_construction = {int(settings.EMBEDDING_HNSW_EF_CONSTRUCTION)}) "
+            f"WHERE space_id = {int(space.pk)}",
+        )
     cluster_space_index(space=space)
 
 

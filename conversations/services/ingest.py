@@ -199,15 +199,12 @@ def message_ingest_batch(
     if inserted:
         embedding_kick_on_commit()
         _count_on_commit(conversations=0, messages=len(inserted))
-    stored_rows = [
-        (message_id, message, conversation_id or sessions[(message.user_id or "", message.session_id or "")])
-        for message_id, message, conversation_id in message_rows
-    ]
     replays: list[tuple[int, MessageIn]] = []
-    for message_id, message, conversation_id in stored_rows:
+    for message_id, message, conversation_id in message_rows:
         index = positions[message_id]
         if message_id in inserted:
-            results[index] = Accepted(id=message_id, conversation_id=conversation_id)
+            session = (message.user_id or "", message.session_id or "")
+            results[index] = Accepted(id=message_id, conversation_id=conversation_id or sessions[session])
         else:
             replays.append((index, message))
     if replays:
