@@ -19,11 +19,14 @@ Contract and budget:
   (the cores divided among the ``Q_WORKERS`` processes) applies.
 * A failure inside the model (out of memory, …) is ``EmbeddingUnavailable``; a non-finite or
   mis-sized output is ``EmbeddingInvalid``.
+* ``process=True`` (the deployed default, ``EMBEDDINGS_PROCESS``) runs the model in a child
+  process instead, one per model and process (``model_process.py``): the same vectors, no torch
+  in the calling process, and no interpreter lock shared with the worker's storing thread. A
+  child that dies or hangs past ``timeout_seconds`` is ``EmbeddingUnavailable`` and is replaced.
 """
 
 from __future__ import annotations
 
-import os
 import threading
 from collections.abc import Sequence
 from pathlib import Path
@@ -33,6 +36,8 @@ from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
 
 from conversations.embeddings.base import EmbeddingUnavailable
+from conversations.embeddings.model_process import ModelProcess, model_process_for
+from conversations.embeddings.model_server import model_load
 from conversations.embeddings.validation import texts_checked, validate_vectors
 
 BUNDLED_MODEL = "all-MiniLM-L6-v2"
@@ -42,8 +47,9 @@ _BUNDLED_NAMES = {BUNDLED_MODEL, f"sentence-transformers/{BUNDLED_MODEL}"}
 class _Loaded:
     """One loaded model and the lock that serialises calls into it."""
 
-    def __init__(self, model: Any) -> None:
+    def __init__(self, model: Any, dimensions: int) -> None:
         self.model = model
+        self.dimensions = dimensions
         self.lock = threading.Lock()
 
 
@@ -76,16 +82,11 @@ def load_model(path: str, *, threads: int | None = None) -> _Loaded:
         loaded = _models.get(path)
         if loaded is not None:
             return loaded
-        os.environ["HF_HUB_OFFLINE"] = "1"
-        os.environ["TRANSFORMERS_OFFLINE"] = "1"
-        from sentence_transformers import SentenceTransformer
-
         try:
-            model = SentenceTransformer(path, device="cpu", local_files_only=True)
+            model, dimensions = model_load(path)
         except Exception as exc:
             raise ImproperlyConfigured(f"cannot load the local embedding model {path!r} offline: {exc}") from exc
-        model.eval()
-        loaded = _models[path] = _Loaded(model)
+        loaded = _models[path] = _Loaded(model, dimensions)
         return loaded
 
 
@@ -93,21 +94,35 @@ class SentenceTransformerEmbedder:
     """``model_id`` is ``"local:<model>"``, e.g. ``"local:all-MiniLM-L6-v2"``."""
 
     def __init__(
-        self, *, model: str = BUNDLED_MODEL, dimensions: int = 384, batch_size: int = 32, threads: int | None = None
+        self,
+        *,
+        model: str = BUNDLED_MODEL,
+        dimensions: int = 384,
+        batch_size: int = 32,
+        threads: int | None = None,
+        process: bool = False,
+        timeout_seconds: float = 300.0,
     ) -> None:
         if batch_size < 1:
             raise ImproperlyConfigured(f"batch_size must be at least 1, got {batch_size}")
         if threads is not None and threads < 1:
             raise ImproperlyConfigured(f"threads must be at least 1 when set, got {threads}")
+        if timeout_seconds <= 0:
+            raise ImproperlyConfigured(f"timeout_seconds must be positive, got {timeout_seconds}")
         self.model = model
         self.dimensions = dimensions
         self.batch_size = batch_size
+        self.timeout_seconds = timeout_seconds
         self.model_id = f"local:{model}"
-        self._loaded = load_model(model_path(model), threads=threads)
-        getter = getattr(self._loaded.model, "get_embedding_dimension", None) or (
-            self._loaded.model.get_sentence_embedding_dimension
-        )
-        produced = getter()
+        self._loaded: _Loaded | None = None
+        self._server: ModelProcess | None = None
+        if process:
+            count = threads or int(getattr(settings, "EMBEDDINGS_DEFAULT_THREADS", 0) or 0) or 1
+            self._server = model_process_for(path=model_path(model), threads=count, batch_size=batch_size)
+            produced = self._server.dimensions
+        else:
+            self._loaded = load_model(model_path(model), threads=threads)
+            produced = self._loaded.dimensions
         if produced != dimensions:
             raise ImproperlyConfigured(
                 f"{self.model_id} produces {produced}-dimensional vectors but EMBEDDINGS DIMENSIONS is {dimensions}"
@@ -118,14 +133,24 @@ class SentenceTransformerEmbedder:
 
     @property
     def sentence_transformer(self) -> Any:
-        """The shared model object (one per process per model path)."""
-        return self._loaded.model
+        """The shared model object (one per process per model path); None when the model runs
+        in a process of its own."""
+        return self._loaded.model if self._loaded is not None else None
+
+    @property
+    def model_process(self) -> ModelProcess | None:
+        """The child process that runs the model (``process=True``), else None."""
+        return self._server
 
     def embed(self, texts: Sequence[str]) -> list[list[float]]:
         """One unit vector per text, in order (see the module docstring for errors)."""
         checked = texts_checked(texts)
         if not checked:
             return []
+        if self._server is not None:
+            array = self._server.encode(checked, timeout_seconds=self.timeout_seconds)
+            return validate_vectors(array, count=len(checked), dimensions=self.dimensions, source=self.model_id)
+        assert self._loaded is not None
         try:
             with self._loaded.lock:
                 array = self._loaded.model.encode(

@@ -20,7 +20,8 @@ REFUND = ["How do I get a refund for a purchase?", "I want my money back for som
 
 @pytest.fixture
 def local_model(settings):
-    settings.EMBEDDINGS = LOCAL
+    # As deployed by default: the bundled model, run in a child process (EMBEDDINGS_PROCESS).
+    settings.EMBEDDINGS = {**LOCAL, "OPTIONS": {"process": True}}
     EmbeddingSpace.objects.filter(state="active").update(state="retired")  # the real model's space becomes active
     embedding_spaces_forget()
     yield

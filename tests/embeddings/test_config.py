@@ -29,6 +29,8 @@ VARIABLES = [
     "EMBEDDINGS_DEADLINE_SECONDS",
     "EMBEDDINGS_SEND_DIMENSIONS",
     "EMBEDDINGS_THREADS",
+    "EMBEDDINGS_PROCESS",
+    "EMBEDDINGS_PROCESS_TIMEOUT_SECONDS",
     "EMBEDDING_BATCH_TIMEOUT_SECONDS",
 ]
 
@@ -49,12 +51,20 @@ def load_settings(monkeypatch):
     importlib.reload(embedding_settings)
 
 
-def test_the_default_is_the_bundled_local_model(load_settings):
+def test_the_default_is_the_bundled_local_model_in_a_process_of_its_own(load_settings):
     assert load_settings() == {
         "BACKEND": "conversations.embeddings.local.SentenceTransformerEmbedder",
         "MODEL": "all-MiniLM-L6-v2",
         "DIMENSIONS": 384,
-        "OPTIONS": {},
+        "OPTIONS": {"process": True, "timeout_seconds": 300.0},
+    }
+
+
+def test_the_local_model_can_run_in_the_calling_process(load_settings):
+    assert load_settings(EMBEDDINGS_PROCESS="false")["OPTIONS"] == {}
+    assert load_settings(EMBEDDINGS_PROCESS="true", EMBEDDINGS_PROCESS_TIMEOUT_SECONDS="20")["OPTIONS"] == {
+        "process": True,
+        "timeout_seconds": 20.0,
     }
 
 

@@ -62,6 +62,7 @@ from django.urls import Resolver404, resolve
 
 from conversations.embeddings import get_embedder
 from conversations.embeddings.base import Embedder
+from conversations.embeddings.local import SentenceTransformerEmbedder
 from conversations.models import (
     Conversation,
     ConversationEmbedding,
@@ -354,9 +355,13 @@ class EmbeddingsBenchmark:
                 data={"rate": ceiling},
             )
         )
+        # With the model in a child process (EMBEDDINGS_PROCESS), the model is also timed in this
+        # process, so the cost of the pipes shows and the pipeline is set beside both.
+        direct = _in_process_twin(embedder)
         done_so_far = 0
         for batch in self.plan.batch_sizes:
             raws: list[float] = []
+            directs: list[float] = []
             drains: list[float] = []
             ends: list[float] = []
             overheads: list[float] = []
@@ -364,13 +369,16 @@ class EmbeddingsBenchmark:
             for rep in range(self.plan.repetitions):
                 texts = [f"{text} ~{self.tag}b{batch}r{rep}" for text in base]
                 self.cached_texts.update(text_normalize(text) for text in texts)
-                order = ("raw", "pipeline") if rep % 2 == 0 else ("pipeline", "raw")
+                order = ("raw", "direct", "pipeline") if rep % 2 == 0 else ("pipeline", "direct", "raw")
                 for step in order:
-                    if step == "raw":
+                    if step in ("raw", "direct"):
+                        alone = embedder if step == "raw" else direct
+                        if alone is None:
+                            continue
                         began = time.perf_counter()
                         for start in range(0, n, batch):
-                            embedder.embed(texts[start : start + batch])
-                        raws.append(n / (time.perf_counter() - began))
+                            alone.embed(texts[start : start + batch])
+                        (raws if step == "raw" else directs).append(n / (time.perf_counter() - began))
                         continue
                     payloads = [
                         InboundMessageIn.model_validate(
@@ -415,6 +423,17 @@ class EmbeddingsBenchmark:
                     data={"batch": batch, "rate": raw, "samples": raws},
                 )
             )
+            if directs:
+                here = statistics.median(directs)
+                self._add(
+                    Figure(
+                        "1",
+                        f"batch {batch}: the same model in this process (no child process), embed() of {batch}",
+                        f"{here:,.0f} texts/s (the pipeline: {drain_rate / here:.0%} of it)",
+                        note=f"median of {len(directs)}: " + ", ".join(f"{value:,.0f}" for value in directs),
+                        data={"batch": batch, "rate": here, "samples": directs, "ratio": drain_rate / here},
+                    )
+                )
             self._add(
                 Figure(
                     "1",
@@ -1135,6 +1154,19 @@ class EmbeddingsBenchmark:
 
 
 # --- helpers --------------------------------------------------------------------------------------
+
+
+def _in_process_twin(embedder: Embedder) -> Embedder | None:
+    """The configured local model loaded in this process, when the configured embedder runs it in
+    a child process; else None."""
+    if not isinstance(embedder, SentenceTransformerEmbedder) or embedder.model_process is None:
+        return None
+    return SentenceTransformerEmbedder(
+        model=embedder.model,
+        dimensions=embedder.dimensions,
+        batch_size=embedder.batch_size,
+        threads=embedder.model_process.threads,
+    )
 
 
 def _assign_users(size: int) -> np.ndarray[Any, Any]:

@@ -1,0 +1,91 @@
+"""The local model in a process of its own: ``python model_server.py <model path> <threads> <batch size>``.
+
+Run by ``conversations.embeddings.model_process``, never imported by convo: it is a standalone
+script (the standard library, numpy and sentence-transformers; no Django), so it starts without
+settings and loads nothing it does not need. Why a process of its own: in the worker, the model
+thread shared the interpreter lock with the thread that stores the previous batch, and each of
+that thread's statements made the model wait (docs/benchmarks.md, issue 3).
+
+The protocol, on stdin and stdout, is a frame at a time: a 4-byte big-endian length, then the
+payload. The first frame out is JSON, ``{"dimensions": n}`` once the model is loaded or
+``{"error": "..."}`` if it cannot be. Then each frame in is a JSON list of texts, answered by
+``V`` and the vectors (float32, little-endian, row after row; unit length) or by ``E`` and an
+error message. End of input (the parent closed the pipe, or died) ends the process.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+import sys
+from typing import Any, BinaryIO
+
+_LENGTH = struct.Struct(">I")
+
+
+def frame_read(stream: BinaryIO) -> bytes | None:
+    """The next frame's payload, or None at a clean end of input."""
+    header = stream.read(_LENGTH.size)
+    if len(header) < _LENGTH.size:
+        return None
+    (length,) = _LENGTH.unpack(header)
+    payload = stream.read(length)
+    if len(payload) < length:
+        return None
+    return payload
+
+
+def frame_write(stream: BinaryIO, payload: bytes) -> None:
+    stream.write(_LENGTH.pack(len(payload)) + payload)
+    stream.flush()
+
+
+def model_load(path: str) -> tuple[Any, int]:
+    """The model at ``path``, offline (nothing is ever downloaded), and the size of its vectors.
+    Also what ``local.load_model`` loads in the calling process."""
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    os.environ["TRANSFORMERS_OFFLINE"] = "1"
+    from sentence_transformers import SentenceTransformer
+
+    model = SentenceTransformer(path, device="cpu", local_files_only=True)
+    model.eval()
+    getter = getattr(model, "get_embedding_dimension", None) or model.get_sentence_embedding_dimension
+    produced = getter()
+    if produced is None:
+        raise ValueError("the model does not tell the size of its vectors")
+    return model, int(produced)
+
+
+def serve(path: str, threads: int, batch_size: int, stdin: BinaryIO, stdout: BinaryIO) -> int:
+    try:
+        import torch
+
+        torch.set_num_threads(threads)
+        model, dimensions = model_load(path)
+    except Exception as exc:  # reported to the parent, which raises ImproperlyConfigured
+        frame_write(stdout, json.dumps({"error": f"{type(exc).__name__}: {exc}"}).encode())
+        return 1
+    frame_write(stdout, json.dumps({"dimensions": dimensions}).encode())
+    while (request := frame_read(stdin)) is not None:
+        try:
+            texts = json.loads(request)
+            array = model.encode(
+                texts,
+                batch_size=batch_size,
+                normalize_embeddings=True,
+                convert_to_numpy=True,
+                show_progress_bar=False,
+            )
+            answer = b"V" + array.astype("<f4", copy=False).tobytes()
+        except Exception as exc:  # this batch failed; the model is still there for the next
+            answer = b"E" + f"{type(exc).__name__}: {exc}".encode()
+        try:
+            frame_write(stdout, answer)
+        except BrokenPipeError:  # the parent is gone
+            return 0
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(serve(sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.stdin.buffer, sys.stdout.buffer))
