@@ -6,12 +6,14 @@ import contextlib
 import functools
 import logging
 from collections.abc import Callable, Iterator
-from typing import ParamSpec, TypeVar
+from typing import Any, ParamSpec, Self, TypeVar
 
 import psycopg
+from django.conf import settings
 from django.db import OperationalError, connection
-from django.db.backends.utils import CursorWrapper
+from django.db.backends.utils import CursorDebugWrapper, CursorWrapper
 from psycopg import pq
+from psycopg.abc import Params
 
 logger = logging.getLogger(__name__)
 
@@ -92,21 +94,47 @@ def index_ensure(*, name: str, definition: str) -> None:
         cursor.execute(f"CREATE INDEX {concurrently} IF NOT EXISTS {name} {definition}")
 
 
+class _BindingCursor(psycopg.Cursor[Any]):
+    """A psycopg cursor that binds on the server and prepares, or not, as it was told when opened
+    (Django's CursorWrapper calls execute() without psycopg's ``prepare`` argument)."""
+
+    prepare = False
+
+    def execute(
+        self, query: Any, params: Params | None = None, *, prepare: bool | None = None, binary: bool | None = None
+    ) -> Self:
+        return super().execute(query, params, prepare=self.prepare if prepare is None else prepare, binary=binary)
+
+
+# psycopg only prepares when its threshold is set (Django leaves it None); this one is never
+# reached, so only an explicit prepare=True prepares.
+_EXPLICIT_ONLY = 2**31
+
+
 @contextlib.contextmanager
-def server_bound_cursor() -> Iterator[CursorWrapper]:
+def server_bound_cursor(*, prepare: bool = False) -> Iterator[CursorWrapper]:
     """A cursor on the current connection (and transaction) that sends its parameters apart from
-    the statement (server-side binding), for the hot statements that take arrays of many values.
+    the statement (server-side binding), for the hot statements that take arrays of values.
 
     Django's psycopg cursors bind on the client: each value is quoted into the SQL text in Python
-    (a quarter of the Python time of an ingest call went there), and every statement is parsed
-    and planned afresh. Bound on the server, the arrays travel as they are, and psycopg prepares
-    a statement once it has run ``DB_PREPARE_THRESHOLD`` times on a connection, after which
-    PostgreSQL no longer plans it (Django's own cursors never prepare). The wrapper is Django's,
-    so query logging and the slow-query log see these statements too."""
+    and the statement is parsed and planned afresh every time. ``prepare`` (for the one-item
+    statements of an acknowledgement) makes it a prepared statement on this connection, parsed
+    once: a single ``conversation_create`` took a quarter less time. Not for batches: a prepared
+    statement soon runs a generic plan, blind to the arrays' lengths, and a batch of 1,000
+    conversations took a quarter longer with one. ``DB_PREPARED_STATEMENTS=false`` turns preparing
+    off (an old PgBouncer in transaction pooling: docs/scaling.md). The wrapper is Django's, so the
+    query log and the slow-query log see these statements too."""
     connection.ensure_connection()
-    raw = psycopg.Cursor(connection.connection)
-    wrapped = connection.make_debug_cursor(raw) if connection.queries_logged else connection.make_cursor(raw)
+    raw_connection = connection.connection
+    raw = _BindingCursor(raw_connection)
+    raw.prepare = prepare and settings.DB_PREPARED_STATEMENTS
+    wrapped = (CursorDebugWrapper if connection.queries_logged else CursorWrapper)(raw, connection)
+    if raw.prepare:
+        raw_connection.prepare_threshold = _EXPLICIT_ONLY
     try:
         yield wrapped
     finally:
+        # Django's setting again: its own queries (each a distinct text, with the values in it)
+        # must not fill psycopg's cache of statements to prepare.
+        raw_connection.prepare_threshold = None
         raw.close()

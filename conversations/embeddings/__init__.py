@@ -33,6 +33,7 @@ __all__ = [
     "EmbeddingInvalid",
     "EmbeddingRejected",
     "EmbeddingUnavailable",
+    "config_for_this_process",
     "embedder_from_config",
     "get_embedder",
 ]
@@ -65,6 +66,22 @@ def embedder_from_config(config: Mapping[str, Any]) -> Embedder:
     if embedder.dimensions != dimensions:
         raise ImproperlyConfigured(f"{backend} reports {embedder.dimensions} dimensions, configured {dimensions}")
     return embedder
+
+
+LOCAL_BACKEND = "conversations.embeddings.local.SentenceTransformerEmbedder"
+# Options of the local backend that say how this process runs the model, not which model it is.
+_LOCAL_PROCESS_OPTIONS = ("process", "timeout_seconds")
+
+
+def config_for_this_process(config: Mapping[str, Any]) -> dict[str, Any]:
+    """``config`` (a space's stored config, say) with the local backend's process options taken
+    from this process's settings (``EMBEDDINGS_LOCAL_PROCESS``), not from whatever was stored
+    when the space was made: how to run a model is this deployment's choice."""
+    adjusted = dict(config)
+    if adjusted.get("BACKEND") == LOCAL_BACKEND:
+        options = {k: v for k, v in dict(adjusted.get("OPTIONS") or {}).items() if k not in _LOCAL_PROCESS_OPTIONS}
+        adjusted["OPTIONS"] = {**options, **getattr(settings, "EMBEDDINGS_LOCAL_PROCESS", {})}
+    return adjusted
 
 
 @functools.lru_cache(maxsize=1)

@@ -101,7 +101,7 @@ class SentenceTransformerEmbedder:
         batch_size: int = 32,
         threads: int | None = None,
         process: bool = False,
-        timeout_seconds: float = 300.0,
+        timeout_seconds: float = 30.0,
     ) -> None:
         if batch_size < 1:
             raise ImproperlyConfigured(f"batch_size must be at least 1, got {batch_size}")

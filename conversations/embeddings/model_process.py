@@ -1,4 +1,5 @@
-"""The local model run in a child process (``model_server.py``), one per model and process.
+"""The local model run in a child process (``model_server.py``), one per model (and options)
+and process.
 
 Why: the embedding worker runs the model in one thread while another stores the previous batch
 (vectors, states, clusters). In one process both need the interpreter lock, and each statement
@@ -11,18 +12,23 @@ Contract:
 * ``model_process_for`` returns this process's server for a (model path, threads, batch size),
   starting it on first use and waiting until the model is loaded: a model that cannot be loaded
   is ``ImproperlyConfigured`` when the embedder is built.
-* ``encode`` sends a batch and waits at most ``timeout_seconds`` for the vectors. The child
-  dying, hanging past the timeout, or failing to encode is ``EmbeddingUnavailable`` (the batch is
-  retried later); a dead or hung child is killed and the next call starts a new one.
-* Calls are serialised per server (the protocol is one request, one answer).
-* The child ends with its parent: when this process exits, or is killed, the child reads the end
-  of its input and stops. A forked process (the django-q2 cluster forks its workers) never uses
-  the parent's server; it starts its own.
+* ``encode`` sends a batch and waits at most ``timeout_seconds`` for the child to take it and
+  answer. The child dying, hanging past the timeout, or failing to encode is
+  ``EmbeddingUnavailable`` (the batch is retried later); a dead or hung child is killed and the
+  next call starts a new one. A child found dead when asked is replaced at once, once, within the
+  call (which may then also wait for the new child to load).
+* Calls are serialised per server (the protocol is one request, one answer); any interruption
+  between the two (an exception, a signal) ends the child, so an answer is never read by the
+  wrong request.
+* The child ends with its parent: when this process exits or is killed, the child reads the end
+  of its input (or sees its parent change) and stops. A forked process (the django-q2 cluster and
+  gunicorn fork their workers) closes its copies of the parent's pipes and starts its own child.
 """
 
 from __future__ import annotations
 
 import atexit
+import contextlib
 import json
 import os
 import selectors
@@ -31,8 +37,10 @@ import subprocess
 import sys
 import threading
 import time
+import weakref
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from django.core.exceptions import ImproperlyConfigured
@@ -44,6 +52,10 @@ _LENGTH = struct.Struct(">I")
 START_TIMEOUT_SECONDS = 300.0  # loading from disk takes ~5 s; a cold, busy machine much longer
 
 
+class _Timeout(Exception):
+    pass
+
+
 class ModelProcess:
     """A running ``model_server.py`` and the pipes to it."""
 
@@ -52,16 +64,17 @@ class ModelProcess:
         self.dimensions = 0
         self._lock = threading.Lock()
         self._child: subprocess.Popen[bytes] | None = None
+        _every.add(self)
         with self._lock:
             self._start(error=ImproperlyConfigured)
 
     def __repr__(self) -> str:
-        pid = self._child.pid if self._child is not None else None
-        return f"<ModelProcess {self.path} pid={pid}>"
+        return f"<ModelProcess {self.path} pid={self.pid}>"
 
     @property
     def pid(self) -> int | None:
-        return self._child.pid if self._child is not None else None
+        child = self._child
+        return child.pid if child is not None else None
 
     def encode(self, texts: Sequence[str], *, timeout_seconds: float) -> np.ndarray:
         """The vectors of ``texts`` as a (len(texts), dimensions) float32 array."""
@@ -69,7 +82,7 @@ class ModelProcess:
         request = _LENGTH.pack(len(body)) + body
         with self._lock:
             # A child that died since the last call may only show it when asked (a process with
-            # threads is reaped when its last thread ends): it is replaced, once, in this call.
+            # threads is reaped once its last thread has ended): it is replaced, once.
             for attempt in (1, 2):
                 if self._child is not None and self._child.poll() is not None:
                     self._stop()
@@ -85,6 +98,9 @@ class ModelProcess:
                 except _Timeout as exc:
                     self._stop()
                     raise EmbeddingUnavailable(f"the model process for {self.path} gave no answer in time") from exc
+                except BaseException:
+                    self._stop()  # its answer, if it comes, must not be read by the next request
+                    raise
         if answer[:1] == b"E":
             raise EmbeddingUnavailable(f"the model process could not encode {len(texts)} texts: {answer[1:].decode()}")
         vectors = np.frombuffer(answer, dtype="<f4", offset=1)
@@ -101,37 +117,74 @@ class ModelProcess:
         assert child is not None
         assert child.stdin is not None
         assert child.stdout is not None
-        child.stdin.write(request)
-        child.stdin.flush()
+        _write_all(child.stdin.fileno(), request, deadline)
         return _frame_read(child.stdout.fileno(), deadline=deadline)
 
     def _start(self, *, error: type[Exception]) -> None:
-        child = subprocess.Popen(  # noqa: S603  (our own script, arguments from settings, no shell)
-            # -P: the script's folder holds http.py, which must not shadow the standard library
-            [sys.executable, "-P", str(_SERVER), self.path, str(self.threads), str(self.batch_size)],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-        )
-        assert child.stdout is not None
         try:
-            hello = json.loads(_frame_read(child.stdout.fileno(), deadline=time.monotonic() + START_TIMEOUT_SECONDS))
-        except (OSError, EOFError, ValueError, _Timeout) as exc:
-            _kill(child)
-            raise error(f"the model process for {self.path} did not start: {exc}") from exc
+            self._child = subprocess.Popen(  # noqa: S603  (our own script, arguments from settings, no shell)
+                # -P: the script's folder holds http.py, which must not shadow the standard library
+                [sys.executable, "-P", str(_SERVER), self.path, str(self.threads), str(self.batch_size)],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                bufsize=0,  # nothing sits in a buffer: a fork cannot replay half a request
+            )
+        except OSError as exc:
+            raise error(f"the model process for {self.path} could not be started: {exc}") from exc
+        try:
+            hello = self._hello()
+        except Exception as exc:
+            self._stop()
+            raise error(f"the model process for {self.path} did not start: {exc!r}") from exc
         if "error" in hello:
-            _kill(child)
+            self._stop()
             raise error(f"cannot load the local embedding model {self.path!r} offline: {hello['error']}")
-        self.dimensions = int(hello["dimensions"])
-        self._child = child
+        self.dimensions = hello["dimensions"]
+
+    def _hello(self) -> dict[str, Any]:
+        """The child's first frame: the size of its vectors once loaded, or why it cannot load."""
+        assert self._child is not None
+        assert self._child.stdout is not None
+        hello = json.loads(_frame_read(self._child.stdout.fileno(), deadline=time.monotonic() + START_TIMEOUT_SECONDS))
+        if not isinstance(hello, dict) or not ("error" in hello or isinstance(hello.get("dimensions"), int)):
+            raise ValueError(f"unexpected first frame {hello!r}")
+        return hello
 
     def _stop(self) -> None:
-        if self._child is not None:
-            _kill(self._child)
-            self._child = None
+        child, self._child = self._child, None
+        if child is None:
+            return
+        try:
+            _close_pipes(child)
+        finally:
+            child.kill()
+            child.wait()
+
+    def _forget_after_fork(self) -> None:
+        """In a forked process: the child is the parent's. Close this copy of its pipes (so it
+        still sees its end when the parent goes) and start another when next asked."""
+        self._lock = threading.Lock()  # another thread of the parent may have held it
+        child, self._child = self._child, None
+        if child is not None:
+            _close_pipes(child)
 
 
-class _Timeout(Exception):
-    pass
+def _close_pipes(child: subprocess.Popen[bytes]) -> None:
+    for stream in (child.stdin, child.stdout):
+        if stream is not None:
+            with contextlib.suppress(OSError):
+                stream.close()
+
+
+def _write_all(fd: int, data: bytes, deadline: float) -> None:
+    view = memoryview(data)
+    with selectors.DefaultSelector() as selector:
+        selector.register(fd, selectors.EVENT_WRITE)
+        while view:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or not selector.select(remaining):
+                raise _Timeout("the model process took no request in time")
+            view = view[os.write(fd, view) :]
 
 
 def _frame_read(fd: int, *, deadline: float) -> bytes:
@@ -155,14 +208,7 @@ def _read_exactly(fd: int, count: int, deadline: float) -> bytes:
     return b"".join(chunks)
 
 
-def _kill(child: subprocess.Popen[bytes]) -> None:
-    for stream in (child.stdin, child.stdout):
-        if stream is not None:
-            stream.close()
-    child.kill()
-    child.wait()
-
-
+_every: weakref.WeakSet[ModelProcess] = weakref.WeakSet()
 _servers: dict[tuple[str, int, int], ModelProcess] = {}
 _servers_lock = threading.Lock()
 
@@ -178,24 +224,16 @@ def model_process_for(*, path: str, threads: int, batch_size: int) -> ModelProce
 
 
 def _close_all() -> None:
-    with _servers_lock:
-        for server in _servers.values():
-            server.close()
-        _servers.clear()
+    for server in list(_every):
+        server.close()
 
 
-def _forget_inherited() -> None:
-    """In a forked child: the servers belong to the parent. Close this copy of their pipes (so
-    they still see their end when the parent goes) and start afresh when needed."""
+def _after_fork_in_child() -> None:
     global _servers_lock
     _servers_lock = threading.Lock()
-    for server in _servers.values():
-        if server._child is not None:
-            for stream in (server._child.stdin, server._child.stdout):
-                if stream is not None:
-                    stream.close()
-    _servers.clear()
+    for server in list(_every):
+        server._forget_after_fork()
 
 
 atexit.register(_close_all)
-os.register_at_fork(after_in_child=_forget_inherited)
+os.register_at_fork(after_in_child=_after_fork_in_child)

@@ -10,15 +10,19 @@ The protocol, on stdin and stdout, is a frame at a time: a 4-byte big-endian len
 payload. The first frame out is JSON, ``{"dimensions": n}`` once the model is loaded or
 ``{"error": "..."}`` if it cannot be. Then each frame in is a JSON list of texts, answered by
 ``V`` and the vectors (float32, little-endian, row after row; unit length) or by ``E`` and an
-error message. End of input (the parent closed the pipe, or died) ends the process.
+error message. End of input (the parent closed the pipe, or died) ends the process, and so does
+a change of parent. Anything a library prints goes to stderr, never into the frames.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import signal
 import struct
 import sys
+import threading
+import time
 from typing import Any, BinaryIO
 
 _LENGTH = struct.Struct(">I")
@@ -87,5 +91,23 @@ def serve(path: str, threads: int, batch_size: int, stdin: BinaryIO, stdout: Bin
     return 0
 
 
+def _exit_when_orphaned(parent: int) -> None:
+    """A hung parent never closes the pipe, and a dead one cannot: the child also stops when it
+    is handed to another parent (its own died)."""
+    while os.getppid() == parent:
+        time.sleep(1.0)
+    os._exit(0)
+
+
+def main(argv: list[str]) -> int:
+    # Ctrl-C in a terminal reaches the whole process group: the parent decides when this ends.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # The frames go to the original stdout alone; anything a library prints goes to stderr.
+    protocol = os.fdopen(os.dup(1), "wb")
+    os.dup2(2, 1)
+    threading.Thread(target=_exit_when_orphaned, args=(os.getppid(),), daemon=True).start()
+    return serve(argv[1], int(argv[2]), int(argv[3]), sys.stdin.buffer, protocol)
+
+
 if __name__ == "__main__":
-    sys.exit(serve(sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.stdin.buffer, sys.stdout.buffer))
+    sys.exit(main(sys.argv))

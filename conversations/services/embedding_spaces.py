@@ -24,7 +24,7 @@ from django.utils import timezone
 
 from clustering.services.assignment import cluster_space_index
 from clustering.services.spaces import clusters_move_to_space
-from conversations.embeddings import embedder_from_config, get_embedder
+from conversations.embeddings import config_for_this_process, embedder_from_config, get_embedder
 from conversations.embeddings.base import Embedder
 from conversations.models import EmbeddingSpace, SpaceState
 from conversations.services.embedding_kinds import embedding_kinds
@@ -71,7 +71,7 @@ def embedding_space_embedder(*, space: EmbeddingSpace) -> Embedder:
     """The embedder of ``space``, built from its stored config once per process. A space made
     before configs were stored is adopted by the configured embedder when the model matches
     (and the config is then stored, so the space can be switched back to later)."""
-    config = space.config or _adopted_config(space)
+    config = config_for_this_process(space.config or _adopted_config(space))
     key = (space.pk, json.dumps(config, sort_keys=True, default=str))
     with _lock:
         cached = _embedders.get(key)

@@ -284,7 +284,7 @@ def _insert_conversations_with_messages(
         )
         for column, value in zip(columns, values, strict=True):
             column.append(value)
-    with server_bound_cursor() as cursor:
+    with server_bound_cursor(prepare=len(rows) == 1) as cursor:
         cursor.execute(_INSERT_CONVERSATIONS_WITH_MESSAGES, [*columns, *_message_columns(tenant, message_rows)])
         stored = cursor.fetchall()
     return {id_ for id_, is_conversation in stored if is_conversation}, {
@@ -350,7 +350,7 @@ def _ingest_messages(
     messages = _message_columns(tenant, rows)
     messages.append([payload.user_id for _, payload, _ in rows])
     messages.append([payload.session_id for _, payload, _ in rows])
-    with server_bound_cursor() as cursor:
+    with server_bound_cursor(prepare=len(rows) == 1) as cursor:
         cursor.execute(_INGEST_MESSAGES, [*sessions, *messages])
         returned = cursor.fetchall()
     conversations = {(user, session): row_id for row_id, user, session in returned if user is not None}
@@ -364,7 +364,7 @@ def _stored_external_ids(tenant: Tenant, payloads: Sequence[ConversationIn]) -> 
     messages = [message.external_id for payload in payloads for message in payload.messages if message.external_id]
     if not conversations and not messages:
         return set(), set()
-    with server_bound_cursor() as cursor:
+    with server_bound_cursor(prepare=len(payloads) == 1) as cursor:
         cursor.execute(_STORED_EXTERNAL_IDS, [tenant.pk, conversations, tenant.pk, messages])
         stored = cursor.fetchall()
     return {external_id for external_id, is_conversation in stored if is_conversation}, {

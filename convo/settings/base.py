@@ -66,6 +66,9 @@ TEMPLATES = [
 ]
 
 DATABASES = database_settings(data_dir=CONVO_DATA_DIR)
+# The one-item ingest statements are prepared on their connection (convo.db.server_bound_cursor);
+# false for a PgBouncer in transaction pooling older than 1.22 (docs/scaling.md).
+DB_PREPARED_STATEMENTS: bool = env.bool("DB_PREPARED_STATEMENTS", default=True)
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 AUTH_PASSWORD_VALIDATORS = [

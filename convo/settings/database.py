@@ -54,10 +54,6 @@ def _connection_configure(db: dict[str, Any]) -> dict[str, Any]:
         "connect_timeout": env.int("DB_CONNECT_TIMEOUT_SECONDS", default=5),
         **db.get("OPTIONS", {}),
         "application_name": env.str("DB_APPLICATION_NAME", default="convo"),
-        # Only convo.db.server_bound_cursor (the ingest statements) prepares: Django's own cursors
-        # bind on the client and never do. 0 turns it off (PgBouncer before 1.21 in transaction
-        # mode cannot follow prepared statements: docs/scaling.md).
-        "prepare_threshold": env.int("DB_PREPARE_THRESHOLD", default=5) or None,
         "options": f"-c statement_timeout={statement_timeout_ms} "
         f"-c idle_in_transaction_session_timeout={idle_in_tx_timeout_ms}",
     }

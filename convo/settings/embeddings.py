@@ -17,7 +17,7 @@ from django.core.exceptions import ImproperlyConfigured
 
 from convo.env import env
 
-__all__ = ["EMBEDDINGS", "EMBEDDINGS_DEFAULT_THREADS"]
+__all__ = ["EMBEDDINGS", "EMBEDDINGS_DEFAULT_THREADS", "EMBEDDINGS_LOCAL_PROCESS"]
 
 _BACKENDS = {
     "local": "conversations.embeddings.local.SentenceTransformerEmbedder",
@@ -58,12 +58,23 @@ if _backend == "openai":
     _options["api_key_env"] = env.str("EMBEDDINGS_API_KEY_ENV", default="OPENAI_API_KEY")
     # Ask the model for DIMENSIONS-long vectors (text-embedding-3-* only); off: the model's own size.
     _options["send_dimensions"] = env.bool("EMBEDDINGS_SEND_DIMENSIONS", default=False)
-if _backend == "local" and env.bool("EMBEDDINGS_PROCESS", default=True):
-    # The model runs in a child process of each process that embeds, so the worker's storing
-    # thread and the model never wait for each other's interpreter lock (embeddings/model_process.py).
-    _options["process"] = True
-    # Longest wait for one embed() call's vectors before the child is taken for hung and replaced.
-    _options["timeout_seconds"] = env.float("EMBEDDINGS_PROCESS_TIMEOUT_SECONDS", default=300.0)
+# How this process runs a local model, whichever space it belongs to: layered over a space's
+# stored config when its embedder is built (conversations.embeddings.config_for_this_process).
+# The model runs in a child process of each process that embeds, so the worker's storing thread
+# and the model never wait for each other's interpreter lock (embeddings/model_process.py); the
+# timeout is the longest wait for one embed() call's vectors before the child is taken for hung.
+EMBEDDINGS_LOCAL_PROCESS: dict[str, Any] = (
+    {
+        "process": True,
+        "timeout_seconds": env.float(
+            "EMBEDDINGS_PROCESS_TIMEOUT_SECONDS", default=env.float("EMBEDDING_BATCH_TIMEOUT_SECONDS", default=30.0)
+        ),
+    }
+    if env.bool("EMBEDDINGS_PROCESS", default=True)
+    else {}
+)
+if _backend == "local":
+    _options.update(EMBEDDINGS_LOCAL_PROCESS)
 if _backend == "local" and env.int("EMBEDDINGS_THREADS", default=0) > 0:
     # Torch's intra-op threads (process-wide); unset: EMBEDDINGS_DEFAULT_THREADS below.
     _options["threads"] = env.int("EMBEDDINGS_THREADS")

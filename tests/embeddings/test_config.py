@@ -11,7 +11,14 @@ import pytest
 from django.core.exceptions import ImproperlyConfigured
 
 import convo.settings.embeddings as embedding_settings
-from conversations.embeddings import Embedder, EmbeddingInvalid, embedder_from_config, get_embedder
+from conversations.embeddings import (
+    LOCAL_BACKEND,
+    Embedder,
+    EmbeddingInvalid,
+    config_for_this_process,
+    embedder_from_config,
+    get_embedder,
+)
 from conversations.embeddings.hashing import HashingEmbedder
 from conversations.embeddings.ollama import OllamaEmbedder
 from conversations.embeddings.validation import validate_vectors
@@ -56,16 +63,31 @@ def test_the_default_is_the_bundled_local_model_in_a_process_of_its_own(load_set
         "BACKEND": "conversations.embeddings.local.SentenceTransformerEmbedder",
         "MODEL": "all-MiniLM-L6-v2",
         "DIMENSIONS": 384,
-        "OPTIONS": {"process": True, "timeout_seconds": 300.0},
+        "OPTIONS": {"process": True, "timeout_seconds": 30.0},
     }
 
 
-def test_the_local_model_can_run_in_the_calling_process(load_settings):
+def test_the_local_model_can_run_in_the_calling_process(load_settings, monkeypatch):
     assert load_settings(EMBEDDINGS_PROCESS="false")["OPTIONS"] == {}
     assert load_settings(EMBEDDINGS_PROCESS="true", EMBEDDINGS_PROCESS_TIMEOUT_SECONDS="20")["OPTIONS"] == {
         "process": True,
         "timeout_seconds": 20.0,
     }
+    # Unset, the child's timeout is the worker's batch timeout.
+    monkeypatch.delenv("EMBEDDINGS_PROCESS_TIMEOUT_SECONDS")
+    assert load_settings(EMBEDDING_BATCH_TIMEOUT_SECONDS="12")["OPTIONS"]["timeout_seconds"] == 12.0
+
+
+def test_how_a_local_model_runs_is_this_processs_choice_not_the_spaces(settings):
+    stored = {"BACKEND": LOCAL_BACKEND, "MODEL": "m", "DIMENSIONS": 384, "OPTIONS": {"batch_size": 8}}
+    settings.EMBEDDINGS_LOCAL_PROCESS = {"process": True, "timeout_seconds": 7.0}
+    assert config_for_this_process(stored)["OPTIONS"] == {"batch_size": 8, "process": True, "timeout_seconds": 7.0}
+    settings.EMBEDDINGS_LOCAL_PROCESS = {}
+    made_in_a_child = {**stored, "OPTIONS": {"batch_size": 8, "process": True, "timeout_seconds": 7.0}}
+    assert config_for_this_process(made_in_a_child)["OPTIONS"] == {"batch_size": 8}
+    # Other backends keep what they stored.
+    ollama = {"BACKEND": "conversations.embeddings.ollama.OllamaEmbedder", "OPTIONS": {"timeout_seconds": 3.0}}
+    assert config_for_this_process(ollama) == ollama
 
 
 def test_ollama_from_the_environment(load_settings):

@@ -4,6 +4,7 @@ this process, and a child that dies, hangs, is orphaned or forked away is dealt 
 from __future__ import annotations
 
 import os
+import select
 import signal
 import subprocess
 import sys
@@ -28,13 +29,12 @@ def separate() -> SentenceTransformerEmbedder:
 
 
 def alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
     # A zombie (exited, not yet reaped by its parent) is not alive either.
-    with open(f"/proc/{pid}/stat") as stat:
-        return stat.read().split(") ")[-1][0] != "Z"
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().split(") ")[-1][0] != "Z"
+    except FileNotFoundError:
+        return False
 
 
 def wait_until(condition, seconds: float = 30.0) -> bool:
@@ -96,27 +96,40 @@ def test_a_wrong_dimensions_setting_fails_at_build_time(separate):
 
 
 def test_a_forked_process_starts_its_own_child(separate):
-    parent_child = separate.model_process.pid
+    server = separate.model_process
+    parent_child = server.pid
+    inherited = (server._child.stdin.fileno(), server._child.stdout.fileno())
     reader, writer = os.pipe()
     pid = os.fork()
     if pid == 0:  # the forked process: no pytest, no assertions, only an answer through the pipe
         try:
-            server = model_process_for(path=model_path("all-MiniLM-L6-v2"), threads=1, batch_size=32)
-            vectors = server.encode(TEXTS[:1], timeout_seconds=60)
-            os.write(writer, f"{server.pid} {vectors.shape[1]}".encode())
+            closed = []
+            for fd in inherited:  # checked before anything else opens a file
+                try:
+                    os.fstat(fd)
+                except OSError:
+                    closed.append(fd)
+            vectors = separate.embed(TEXTS[:1])
+            again = model_process_for(path=server.path, threads=server.threads, batch_size=server.batch_size)
+            answer = f"{len(closed)} {server.pid} {len(vectors[0])} {again is server}"
+        except BaseException as exc:
+            answer = f"error {exc!r}"
         finally:
+            os.write(writer, answer.encode())
             os._exit(0)
     os.close(writer)
     answer = b""
-    while chunk := os.read(reader, 100):
+    while chunk := os.read(reader, 1000):
         answer += chunk
     os.close(reader)
     os.waitpid(pid, 0)
-    forked_child, dimensions = (int(part) for part in answer.decode().split())
-    assert dimensions == 384
-    assert forked_child != parent_child
-    assert wait_until(lambda: not alive(forked_child))  # it ended with the forked process
-    assert alive(parent_child) and len(separate.embed(TEXTS[:1])) == 1  # the parent's is untouched
+    closed, forked_child, dimensions, same_server = answer.decode().split()
+    assert closed == "2", "the parent's pipes stayed open in the forked process"
+    assert (dimensions, same_server) == ("384", "True")
+    assert int(forked_child) != parent_child
+    assert wait_until(lambda: not alive(int(forked_child)))  # it ended with the forked process
+    assert server.pid == parent_child and alive(parent_child)  # the parent's is untouched
+    assert len(separate.embed(TEXTS[:1])) == 1
 
 
 def test_the_child_ends_when_its_parent_is_killed(tmp_path):
@@ -135,6 +148,8 @@ def test_the_child_ends_when_its_parent_is_killed(tmp_path):
     )
     try:
         assert parent.stdout is not None
+        ready, _, _ = select.select([parent.stdout], [], [], 120)
+        assert ready, "the parent never started its model process"
         child = int(parent.stdout.readline())
         assert alive(child)
         parent.send_signal(signal.SIGKILL)

@@ -21,7 +21,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import DatabaseError, connection
 
 from clustering.services.spaces import clusters_follow_space
-from conversations.embeddings import embedder_from_config
+from conversations.embeddings import config_for_this_process, embedder_from_config
 from conversations.embeddings.base import Embedder, EmbeddingError, EmbeddingUnavailable
 from conversations.models import EmbeddingSpace, SpaceState
 from conversations.services.embedding import FIRST_ID, embedding_backfill_missing, embedding_backfill_page
@@ -254,7 +254,7 @@ class Command(BaseCommand):
                 "DIMENSIONS": options["dimensions"],
                 "OPTIONS": {name: options[arg] for arg, name in _OPTIONS.items() if options[arg] is not None},
             }
-            return config, embedder_from_config(config)
+            return config, embedder_from_config(config_for_this_process(config))
         except ImproperlyConfigured as exc:
             raise CommandError(f"the new model is misconfigured: {exc}") from exc
 
