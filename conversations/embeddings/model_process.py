@@ -38,7 +38,7 @@ import sys
 import threading
 import time
 import weakref
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -176,15 +176,23 @@ def _close_pipes(child: subprocess.Popen[bytes]) -> None:
                 stream.close()
 
 
-def _write_all(fd: int, data: bytes, deadline: float) -> None:
-    view = memoryview(data)
+def _ready(fd: int, event: int, deadline: float, late: str) -> Iterator[None]:
+    """Yields each time ``fd`` is ready for ``event``; ``_Timeout(late)`` once ``deadline`` passes."""
     with selectors.DefaultSelector() as selector:
-        selector.register(fd, selectors.EVENT_WRITE)
-        while view:
+        selector.register(fd, event)
+        while True:
             remaining = deadline - time.monotonic()
             if remaining <= 0 or not selector.select(remaining):
-                raise _Timeout("the model process took no request in time")
-            view = view[os.write(fd, view) :]
+                raise _Timeout(late)
+            yield
+
+
+def _write_all(fd: int, data: bytes, deadline: float) -> None:
+    view = memoryview(data)
+    for _ in _ready(fd, selectors.EVENT_WRITE, deadline, "the model process took no request in time"):
+        view = view[os.write(fd, view) :]
+        if not view:
+            return
 
 
 def _frame_read(fd: int, *, deadline: float) -> bytes:
@@ -194,17 +202,15 @@ def _frame_read(fd: int, *, deadline: float) -> bytes:
 
 def _read_exactly(fd: int, count: int, deadline: float) -> bytes:
     chunks: list[bytes] = []
-    with selectors.DefaultSelector() as selector:
-        selector.register(fd, selectors.EVENT_READ)
-        while count:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0 or not selector.select(remaining):
-                raise _Timeout("no answer in time")
+    if count:
+        for _ in _ready(fd, selectors.EVENT_READ, deadline, "no answer in time"):
             chunk = os.read(fd, min(count, 1 << 20))
             if not chunk:
                 raise EOFError("the model process ended")
             chunks.append(chunk)
             count -= len(chunk)
+            if not count:
+                break
     return b"".join(chunks)
 
 
