@@ -129,12 +129,13 @@ def server_bound_cursor(*, prepare: bool = False) -> Iterator[CursorWrapper]:
     raw = _BindingCursor(raw_connection)
     raw.prepare = prepare and settings.DB_PREPARED_STATEMENTS
     wrapped = (CursorDebugWrapper if connection.queries_logged else CursorWrapper)(raw, connection)
+    previous = raw_connection.prepare_threshold
     if raw.prepare:
         raw_connection.prepare_threshold = _EXPLICIT_ONLY
     try:
         yield wrapped
     finally:
-        # Django's setting again: its own queries (each a distinct text, with the values in it)
-        # must not fill psycopg's cache of statements to prepare.
-        raw_connection.prepare_threshold = None
+        # Django's setting (None) again: its own queries (each a distinct text, with the values in
+        # it) must not fill psycopg's cache of statements to prepare.
+        raw_connection.prepare_threshold = previous
         raw.close()

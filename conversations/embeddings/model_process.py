@@ -13,10 +13,10 @@ Contract:
   starting it on first use and waiting until the model is loaded: a model that cannot be loaded
   is ``ImproperlyConfigured`` when the embedder is built.
 * ``encode`` sends a batch and waits at most ``timeout_seconds`` for the child to take it and
-  answer. The child dying, hanging past the timeout, or failing to encode is
-  ``EmbeddingUnavailable`` (the batch is retried later); a dead or hung child is killed and the
-  next call starts a new one. A child found dead when asked is replaced at once, once, within the
-  call (which may then also wait for the new child to load).
+  answer. The child dying, hanging past the timeout, failing to encode or answering out of step
+  is ``EmbeddingUnavailable`` (the batch is retried later); a dead or hung child is killed and
+  the next call starts a new one. A child found dead when asked is replaced at once, once,
+  within the call: the new child shares the call's time, beyond its own loading.
 * Calls are serialised per server (the protocol is one request, one answer); any interruption
   between the two (an exception, a signal) ends the child, so an answer is never read by the
   wrong request.
@@ -80,6 +80,7 @@ class ModelProcess:
         """The vectors of ``texts`` as a (len(texts), dimensions) float32 array."""
         body = json.dumps(list(texts)).encode()
         request = _LENGTH.pack(len(body)) + body
+        deadline = time.monotonic() + timeout_seconds  # for the whole call, a replaced child included
         with self._lock:
             # A child that died since the last call may only show it when asked (a process with
             # threads is reaped once its last thread has ended): it is replaced, once.
@@ -89,7 +90,7 @@ class ModelProcess:
                 if self._child is None:
                     self._start(error=EmbeddingUnavailable)
                 try:
-                    answer = self._ask(request, deadline=time.monotonic() + timeout_seconds)
+                    answer = self._ask(request, deadline=deadline)
                     break
                 except (OSError, EOFError) as exc:
                     self._stop()
@@ -101,12 +102,15 @@ class ModelProcess:
                 except BaseException:
                     self._stop()  # its answer, if it comes, must not be read by the next request
                     raise
-        if answer[:1] == b"E":
-            raise EmbeddingUnavailable(f"the model process could not encode {len(texts)} texts: {answer[1:].decode()}")
-        vectors = np.frombuffer(answer, dtype="<f4", offset=1)
-        if vectors.size != len(texts) * self.dimensions:
-            raise EmbeddingUnavailable(f"the model process answered {vectors.size} values for {len(texts)} texts")
-        return vectors.reshape(len(texts), self.dimensions)
+            if answer[:1] == b"E":
+                raise EmbeddingUnavailable(
+                    f"the model process could not encode {len(texts)} texts: {answer[1:].decode(errors='replace')}"
+                )
+            size = (len(answer) - 1) // 4
+            if answer[:1] != b"V" or size != len(texts) * self.dimensions or (len(answer) - 1) % 4:
+                self._stop()  # out of step with this process: never trust its next answer either
+                raise EmbeddingUnavailable(f"the model process answered {len(answer)} bytes for {len(texts)} texts")
+        return np.frombuffer(answer, dtype="<f4", offset=1).reshape(len(texts), self.dimensions)
 
     def close(self) -> None:
         with self._lock:
@@ -131,10 +135,14 @@ class ModelProcess:
             )
         except OSError as exc:
             raise error(f"the model process for {self.path} could not be started: {exc}") from exc
+        assert self._child.stdin is not None
+        os.set_blocking(self._child.stdin.fileno(), False)  # a write waits in _write_all, with its deadline
         try:
             hello = self._hello()
-        except Exception as exc:
-            self._stop()
+        except BaseException as exc:
+            self._stop()  # also on an interrupt: its first frame would be read as the next answer
+            if not isinstance(exc, Exception):
+                raise
             raise error(f"the model process for {self.path} did not start: {exc!r}") from exc
         if "error" in hello:
             self._stop()
@@ -190,7 +198,8 @@ def _ready(fd: int, event: int, deadline: float, late: str) -> Iterator[None]:
 def _write_all(fd: int, data: bytes, deadline: float) -> None:
     view = memoryview(data)
     for _ in _ready(fd, selectors.EVENT_WRITE, deadline, "the model process took no request in time"):
-        view = view[os.write(fd, view) :]
+        with contextlib.suppress(BlockingIOError):  # the pipe filled up again: wait for room
+            view = view[os.write(fd, view) :]
         if not view:
             return
 

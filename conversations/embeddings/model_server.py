@@ -83,7 +83,7 @@ def serve(path: str, threads: int, batch_size: int, stdin: BinaryIO, stdout: Bin
             )
             answer = b"V" + array.astype("<f4", copy=False).tobytes()
         except Exception as exc:  # this batch failed; the model is still there for the next
-            answer = b"E" + f"{type(exc).__name__}: {exc}".encode()
+            answer = b"E" + f"{type(exc).__name__}: {exc}".encode(errors="backslashreplace")
         try:
             frame_write(stdout, answer)
         except BrokenPipeError:  # the parent is gone

@@ -9,7 +9,7 @@ import pytest
 from clustering.models import AnswerDelivery, Cluster
 from conversations.models import EmbeddingSpace
 from conversations.services.embedding import embedding_drain
-from conversations.services.embedding_spaces import embedding_spaces_forget
+from conversations.services.embedding_spaces import embedding_space_active_embedder, embedding_spaces_forget
 from tests.embeddings.test_local import LOCAL
 
 pytestmark = pytest.mark.django_db
@@ -21,7 +21,8 @@ REFUND = ["How do I get a refund for a purchase?", "I want my money back for som
 @pytest.fixture
 def local_model(settings):
     # As deployed by default: the bundled model, run in a child process (EMBEDDINGS_PROCESS).
-    settings.EMBEDDINGS = {**LOCAL, "OPTIONS": {"process": True}}
+    settings.EMBEDDINGS = LOCAL
+    settings.EMBEDDINGS_LOCAL_PROCESS = {"process": True, "timeout_seconds": 60.0}
     EmbeddingSpace.objects.filter(state="active").update(state="retired")  # the real model's space becomes active
     embedding_spaces_forget()
     yield
@@ -44,6 +45,9 @@ def test_paraphrases_cluster_and_meet_the_answer(api, local_model) -> None:
     ids = [push(api, f"user-{i}", text) for i, text in enumerate(CARD + REFUND)]
     embedding_drain(seconds=60)
     assert EmbeddingSpace.objects.get(state="active").model_id == "local:all-MiniLM-L6-v2"
+    active = embedding_space_active_embedder()
+    assert active is not None
+    assert active[1].model_process is not None  # type: ignore[attr-defined]  (the deployed default: a child)
 
     card, refund = {cluster_id(api, m) for m in ids[:2]}, {cluster_id(api, m) for m in ids[2:]}
     assert len(card) == 1 and len(refund) == 1 and card != refund

@@ -76,6 +76,8 @@ def test_a_one_item_ingest_is_prepared_a_batch_is_not(tenant):
     assert _prepared("WITH sessions AS") == 0  # a batch keeps custom plans, fitted to its arrays
     _ingest(tenant, 1, "single")
     assert _prepared("WITH sessions AS") == 1  # at once: the acknowledgement path
+    _ingest(tenant, 1, "single again")
+    assert _prepared("WITH sessions AS") == 1  # and then reused
     _ingest(tenant, 2, "batch again")  # still fine beside the prepared one
     assert connection.connection.prepare_threshold is None  # as Django leaves it, outside the block
     for _ in range(7):

@@ -119,7 +119,7 @@ def test_a_forked_process_starts_its_own_child(separate):
             os._exit(0)
     os.close(writer)
     answer = b""
-    while chunk := os.read(reader, 1000):
+    while select.select([reader], [], [], 120)[0] and (chunk := os.read(reader, 1000)):
         answer += chunk
     os.close(reader)
     os.waitpid(pid, 0)
@@ -157,3 +157,17 @@ def test_the_child_ends_when_its_parent_is_killed(tmp_path):
         assert wait_until(lambda: not alive(child)), "the model process outlived its parent"
     finally:
         parent.kill()
+
+
+def test_a_child_that_answers_out_of_step_is_replaced(separate):
+    server = separate.model_process
+    first = server.pid
+    # An answer nobody asked for, as an interrupted call would leave it: the next call must not
+    # take it for its own (here it cannot even be vectors of the right size).
+    assert server._child is not None
+    os.write(server._child.stdin.fileno(), b"\x00\x00\x00\x02[]")
+    with pytest.raises(EmbeddingUnavailable, match="answered"):
+        server.encode(TEXTS, timeout_seconds=60)
+    assert wait_until(lambda: not alive(first))
+    assert len(separate.embed(TEXTS)) == 3
+    assert server.pid not in (None, first)
