@@ -359,7 +359,7 @@ def _ingest_messages(
 
 def _stored_external_ids(tenant: Tenant, payloads: Sequence[ConversationIn]) -> tuple[set[str], set[str]]:
     """Which of the payloads' conversation and message external ids are stored: both in one
-    round trip (a statement of its own each, as ORM queries, cost a tenth of an acknowledgement)."""
+    round trip (as two ORM queries they were a fifth of an acknowledgement: docs/benchmarks.md)."""
     conversations = [payload.external_id for payload in payloads if payload.external_id]
     messages = [message.external_id for payload in payloads for message in payload.messages if message.external_id]
     if not conversations and not messages:
