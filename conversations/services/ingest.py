@@ -124,8 +124,13 @@ def conversation_create_batch(*, tenant: Tenant, payloads: Sequence[Conversation
     results: list[ItemResult | None] = [None] * len(payloads)
     fingerprints = [payload.fingerprint() for payload in payloads]
     # A payload whose own external_id is stored is a replay (or a conflict): it is answered by
-    # _explain_conversation_conflicts, and its messages must not be judged as clashes.
-    stored_conversations, taken_message_ids = _stored_external_ids(tenant, payloads)
+    # _explain_conversation_conflicts, and its messages must not be judged as clashes. A single
+    # payload skips the look-up (a round trip of every acknowledgement): the insert answers the
+    # same questions, a stored conversation by falling out and a taken message external_id by
+    # _withdraw, and with one payload no other item's fate depends on the order of the two.
+    stored_conversations, taken_message_ids = (
+        _stored_external_ids(tenant, payloads) if len(payloads) > 1 else (set(), set())
+    )
 
     rows: list[tuple[int, UUID, ConversationIn]] = []
     for index, payload in enumerate(payloads):
@@ -364,7 +369,7 @@ def _stored_external_ids(tenant: Tenant, payloads: Sequence[ConversationIn]) -> 
     messages = [message.external_id for payload in payloads for message in payload.messages if message.external_id]
     if not conversations and not messages:
         return set(), set()
-    with server_bound_cursor(prepare=len(payloads) == 1) as cursor:
+    with server_bound_cursor() as cursor:
         cursor.execute(_STORED_EXTERNAL_IDS, [tenant.pk, conversations, tenant.pk, messages])
         stored = cursor.fetchall()
     return {external_id for external_id, is_conversation in stored if is_conversation}, {

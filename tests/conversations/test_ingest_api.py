@@ -5,6 +5,8 @@ from __future__ import annotations
 import uuid
 
 import pytest
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
 
 from conversations.models import Conversation, ConversationStatus, EmbeddingState, Message
 
@@ -299,3 +301,19 @@ def test_odd_query_and_path_values_are_4xx(api):
     assert api.get(f"{URL}/{created['id']}/messages", {"page_size": "\u00b2"}).status_code == 400
     assert api.get(URL, {"metadata": '{"a": "\\u0000"}'}).status_code == 400
     assert api.get("/api/v1/users/a%00b/stats").status_code == 400
+
+
+def test_a_single_conversation_with_a_taken_message_external_id_is_refused_and_leaves_nothing(api):
+    api.post(URL, conversation(session_id="first", messages=[{"text": "a", "external_id": "m9"}]), format="json")
+    conversations, messages = Conversation.objects.count(), Message.objects.count()
+    body = conversation(session_id="second", messages=[{"text": "x"}, {"text": "y", "external_id": "m9"}])
+    with CaptureQueriesContext(connection) as captured:
+        response = api.post(URL, body, format="json")
+    assert response.status_code == 409
+    assert "messages.1.external_id" in response.json()["error"]["fields"]
+    assert (Conversation.objects.count(), Message.objects.count()) == (conversations, messages)
+    # One payload needs no look-up of stored external ids: the insert itself tells.
+    assert not any("SELECT external_id, true" in (query["sql"] or "") for query in captured.captured_queries)
+    # The session the refused conversation briefly held is free again.
+    again = api.post(URL, conversation(session_id="second"), format="json")
+    assert again.status_code == 202
