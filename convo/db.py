@@ -94,6 +94,14 @@ def index_ensure(*, name: str, definition: str) -> None:
         cursor.execute(f"CREATE INDEX {concurrently} IF NOT EXISTS {name} {definition}")
 
 
+def hnsw_parameters() -> str:
+    """The ``WITH`` clause of every HNSW index convo builds: seed 002's ``m`` and
+    ``ef_construction``, from EMBEDDING_HNSW_M and EMBEDDING_HNSW_EF_CONSTRUCTION."""
+    return (
+        f"WITH (m = {int(settings.EMBEDDING_HNSW_M)}, ef_construction = {int(settings.EMBEDDING_HNSW_EF_CONSTRUCTION)})"
+    )
+
+
 class _BindingCursor(psycopg.Cursor[Any]):
     """A psycopg cursor that binds on the server and prepares, or not, as it was told when opened
     (Django's CursorWrapper calls execute() without psycopg's ``prepare`` argument)."""

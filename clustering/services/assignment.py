@@ -61,7 +61,7 @@ from clustering.services.scoring import (
 )
 from conversations.models import Conversation, EmbeddingSpace, Message, MessageEmbedding, Role
 from conversations.services.embedding_cache import text_normalize
-from convo.db import index_ensure
+from convo.db import hnsw_parameters, index_ensure
 from convo.ids import uuid7
 from convo.monitoring.timings import timed
 
@@ -227,9 +227,7 @@ def cluster_space_index(*, space: EmbeddingSpace) -> None:
     index_ensure(
         name=f"cluster_hnsw_space_{int(space.pk)}",
         definition=f"ON {_CLUSTERS} USING hnsw ((vector_sum::vector({int(space.dimensions)})) vector_cosine_ops) "
-        f"WITH (m = {int(settings.EMBEDDING_HNSW_M)}, "
-        f"ef_construction = {int(settings.EMBEDDING_HNSW_EF_CONSTRUCTION)}) "
-        f"WHERE space_id = {int(space.pk)} AND status IN ('open', 'answered')",
+        f"{hnsw_parameters()} WHERE space_id = {int(space.pk)} AND status IN ('open', 'answered')",
     )
 
 

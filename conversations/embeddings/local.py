@@ -37,7 +37,7 @@ from django.core.exceptions import ImproperlyConfigured
 
 from conversations.embeddings.base import EmbeddingUnavailable
 from conversations.embeddings.model_process import ModelProcess, model_process_for
-from conversations.embeddings.model_server import model_load
+from conversations.embeddings.model_server import model_encode, model_load
 from conversations.embeddings.validation import texts_checked, validate_vectors
 
 BUNDLED_MODEL = "all-MiniLM-L6-v2"
@@ -67,6 +67,11 @@ def model_path(model: str) -> str:
     return str(path.resolve()) if path.exists() else model
 
 
+def _thread_count(threads: int | None) -> int:
+    """``threads``, else ``EMBEDDINGS_DEFAULT_THREADS``; 0 when neither is set (torch's default)."""
+    return threads or int(getattr(settings, "EMBEDDINGS_DEFAULT_THREADS", 0) or 0)
+
+
 def load_model(path: str, *, threads: int | None = None) -> _Loaded:
     """The process's single instance of the model at ``path``, loading it on first use. Torch's
     thread count is set to ``threads``, or else to ``EMBEDDINGS_DEFAULT_THREADS``: the cores
@@ -74,7 +79,7 @@ def load_model(path: str, *, threads: int | None = None) -> _Loaded:
     own default, a thread per core in every process, makes the processes' threads wait for each
     other: docs/benchmarks.md, issue 3)."""
     with _models_lock:
-        count = threads or int(getattr(settings, "EMBEDDINGS_DEFAULT_THREADS", 0) or 0)
+        count = _thread_count(threads)
         if count:
             import torch
 
@@ -117,8 +122,9 @@ class SentenceTransformerEmbedder:
         self._loaded: _Loaded | None = None
         self._server: ModelProcess | None = None
         if process:
-            count = threads or int(getattr(settings, "EMBEDDINGS_DEFAULT_THREADS", 0) or 0) or 1
-            self._server = model_process_for(path=model_path(model), threads=count, batch_size=batch_size)
+            self._server = model_process_for(
+                path=model_path(model), threads=_thread_count(threads) or 1, batch_size=batch_size
+            )
             produced = self._server.dimensions
         else:
             self._loaded = load_model(model_path(model), threads=threads)
@@ -149,17 +155,14 @@ class SentenceTransformerEmbedder:
             return []
         if self._server is not None:
             array = self._server.encode(checked, timeout_seconds=self.timeout_seconds)
-            return validate_vectors(array, count=len(checked), dimensions=self.dimensions, source=self.model_id)
+        else:
+            array = self._encode_here(checked)
+        return validate_vectors(array, count=len(checked), dimensions=self.dimensions, source=self.model_id)
+
+    def _encode_here(self, texts: list[str]) -> Any:
         assert self._loaded is not None
         try:
             with self._loaded.lock:
-                array = self._loaded.model.encode(
-                    checked,
-                    batch_size=self.batch_size,
-                    normalize_embeddings=True,
-                    convert_to_numpy=True,
-                    show_progress_bar=False,
-                )
+                return model_encode(self._loaded.model, texts, self.batch_size)
         except Exception as exc:
-            raise EmbeddingUnavailable(f"{self.model_id} failed to encode {len(checked)} texts: {exc}") from exc
-        return validate_vectors(array, count=len(checked), dimensions=self.dimensions, source=self.model_id)
+            raise EmbeddingUnavailable(f"{self.model_id} failed to encode {len(texts)} texts: {exc}") from exc

@@ -32,7 +32,6 @@ import contextlib
 import json
 import os
 import selectors
-import struct
 import subprocess
 import sys
 import threading
@@ -46,9 +45,9 @@ import numpy as np
 from django.core.exceptions import ImproperlyConfigured
 
 from conversations.embeddings.base import EmbeddingUnavailable
+from conversations.embeddings.model_server import FRAME_LENGTH
 
 _SERVER = Path(__file__).with_name("model_server.py")
-_LENGTH = struct.Struct(">I")
 START_TIMEOUT_SECONDS = 300.0  # loading from disk takes ~5 s; a cold, busy machine much longer
 
 
@@ -79,7 +78,7 @@ class ModelProcess:
     def encode(self, texts: Sequence[str], *, timeout_seconds: float) -> np.ndarray:
         """The vectors of ``texts`` as a (len(texts), dimensions) float32 array."""
         body = json.dumps(list(texts)).encode()
-        request = _LENGTH.pack(len(body)) + body
+        request = FRAME_LENGTH.pack(len(body)) + body
         deadline = time.monotonic() + timeout_seconds  # for the whole call, a replaced child included
         with self._lock:
             # A child that died since the last call may only show it when asked (a process with
@@ -205,7 +204,7 @@ def _write_all(fd: int, data: bytes, deadline: float) -> None:
 
 
 def _frame_read(fd: int, *, deadline: float) -> bytes:
-    (length,) = _LENGTH.unpack(_read_exactly(fd, _LENGTH.size, deadline))
+    (length,) = FRAME_LENGTH.unpack(_read_exactly(fd, FRAME_LENGTH.size, deadline))
     return _read_exactly(fd, length, deadline)
 
 

@@ -25,15 +25,15 @@ import threading
 import time
 from typing import Any, BinaryIO
 
-_LENGTH = struct.Struct(">I")
+FRAME_LENGTH = struct.Struct(">I")  # the length before every frame, both ways
 
 
 def frame_read(stream: BinaryIO) -> bytes | None:
     """The next frame's payload, or None at a clean end of input."""
-    header = stream.read(_LENGTH.size)
-    if len(header) < _LENGTH.size:
+    header = stream.read(FRAME_LENGTH.size)
+    if len(header) < FRAME_LENGTH.size:
         return None
-    (length,) = _LENGTH.unpack(header)
+    (length,) = FRAME_LENGTH.unpack(header)
     payload = stream.read(length)
     if len(payload) < length:
         return None
@@ -41,7 +41,7 @@ def frame_read(stream: BinaryIO) -> bytes | None:
 
 
 def frame_write(stream: BinaryIO, payload: bytes) -> None:
-    stream.write(_LENGTH.pack(len(payload)) + payload)
+    stream.write(FRAME_LENGTH.pack(len(payload)) + payload)
     stream.flush()
 
 
@@ -61,6 +61,14 @@ def model_load(path: str) -> tuple[Any, int]:
     return model, int(produced)
 
 
+def model_encode(model: Any, texts: list[str], batch_size: int) -> Any:
+    """Unit vectors of ``texts`` as a float32 array: how the model is called, here and in a
+    calling process (``local.SentenceTransformerEmbedder``), so both give the same vectors."""
+    return model.encode(
+        texts, batch_size=batch_size, normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False
+    )
+
+
 def serve(path: str, threads: int, batch_size: int, stdin: BinaryIO, stdout: BinaryIO) -> int:
     try:
         import torch
@@ -74,13 +82,7 @@ def serve(path: str, threads: int, batch_size: int, stdin: BinaryIO, stdout: Bin
     while (request := frame_read(stdin)) is not None:
         try:
             texts = json.loads(request)
-            array = model.encode(
-                texts,
-                batch_size=batch_size,
-                normalize_embeddings=True,
-                convert_to_numpy=True,
-                show_progress_bar=False,
-            )
+            array = model_encode(model, texts, batch_size)
             answer = b"V" + array.astype("<f4", copy=False).tobytes()
         except Exception as exc:  # this batch failed; the model is still there for the next
             answer = b"E" + f"{type(exc).__name__}: {exc}".encode(errors="backslashreplace")

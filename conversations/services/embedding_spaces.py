@@ -28,7 +28,7 @@ from conversations.embeddings import config_for_this_process, embedder_from_conf
 from conversations.embeddings.base import Embedder
 from conversations.models import EmbeddingSpace, SpaceState
 from conversations.services.embedding_kinds import embedding_kinds
-from convo.db import index_ensure
+from convo.db import hnsw_parameters, index_ensure
 
 _spaces: dict[tuple[str, int], EmbeddingSpace] = {}
 _embedders: dict[tuple[int, str], Embedder] = {}
@@ -113,9 +113,7 @@ def embedding_space_index(*, space: EmbeddingSpace) -> None:
         index_ensure(
             name=f"{kind.index_prefix}_hnsw_space_{int(space.pk)}",
             definition=f"ON {kind.vectors._meta.db_table} USING hnsw ((embedding::vector({int(space.dimensions)})) "
-            f"vector_cosine_ops) WITH (m = {int(settings.EMBEDDING_HNSW_M)}, "
-            f"ef_construction = {int(settings.EMBEDDING_HNSW_EF_CONSTRUCTION)}) "
-            f"WHERE space_id = {int(space.pk)}",
+            f"vector_cosine_ops) {hnsw_parameters()} WHERE space_id = {int(space.pk)}",
         )
     cluster_space_index(space=space)
 
