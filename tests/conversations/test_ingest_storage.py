@@ -122,3 +122,54 @@ def test_inbound_messages_start_or_continue_their_session_in_one_statement(tenan
         assert Conversation.objects.get(pk=conversation_id).last_message_at == _newest_message_time(conversation_id)
     assert Conversation.objects.get(pk=first.conversation_id).last_message_at == LATE
     assert Message.objects.filter(conversation_id=first.conversation_id).count() == 2
+
+
+# Values that array literals must quote or escape: the ingest statements send each column as one
+# binary array, and every element must arrive as it was sent.
+AWKWARD_TEXTS = [
+    "NULL",
+    '{"a", "b"}',
+    "back\\slash \\N",
+    "comma, quote \" and 'apostrophe'",
+    " leading and trailing spaces ",
+    "ünïcödé 🙂\n\ttabs",
+]
+
+
+def test_awkward_values_are_stored_as_sent(tenant: Tenant):
+    from conversations.payloads import InboundMessageIn
+    from conversations.services.ingest import message_ingest_batch
+
+    conversations = conversation_create_batch(
+        tenant=tenant,
+        payloads=[
+            ConversationIn.model_validate(
+                {
+                    "user_id": text,
+                    "session_id": f"s{n}",
+                    "summary": text,
+                    "metadata": {"text": text, "null": None, "list": [text]},
+                    "messages": [{"text": text, "sender_name": text, "raw_payload": {"text": text}}],
+                }
+            )
+            for n, text in enumerate(AWKWARD_TEXTS)
+        ],
+    )
+    inbound = message_ingest_batch(
+        tenant=tenant,
+        payloads=[
+            InboundMessageIn.model_validate({"user_id": text, "session_id": text, "text": text})
+            for text in AWKWARD_TEXTS
+        ],
+    )
+
+    for text, result in zip(AWKWARD_TEXTS, conversations, strict=True):
+        stored = Conversation.objects.get(pk=result.id)
+        assert (stored.external_user_id, stored.summary) == (text, text)
+        assert stored.metadata == {"text": text, "null": None, "list": [text]}
+        message = Message.objects.get(conversation_id=result.id)
+        assert (message.text, message.sender_name, message.raw_payload) == (text, text, {"text": text})
+    for text, result in zip(AWKWARD_TEXTS, inbound, strict=True):
+        message = Message.objects.get(pk=result.id)
+        assert message.text == text
+        assert Conversation.objects.filter(pk=result.conversation_id, external_user_id=text, session_id=text).exists()
