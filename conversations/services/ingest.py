@@ -1,13 +1,14 @@
 """Ingest: storing conversations and inbound messages durably, in one write statement per batch.
 
-Rows are written with ``INSERT … SELECT FROM unnest(<one array per column>) ON CONFLICT DO NOTHING
-RETURNING id``: a single statement for any number of rows (conversations and their messages
-together, as two data-modifying CTEs), which, unlike COPY, lets a replayed ``external_id`` fall
-out quietly instead of failing the batch. The arrays travel in PostgreSQL's binary format
-(``%b``): as text, psycopg would quote and escape every element of every array in Python, a
-quarter of a batch's time. Ids are UUIDv7 made here, so every
-item's id is known before the statement runs. Each function commits once; a 202 is only sent after
-that commit, so an acknowledged item is a committed ``pending`` row (ARCHITECTURE.md, decision 1).
+Rows are written with ``INSERT … SELECT FROM json_to_recordset(<one JSON array of rows>) ON
+CONFLICT DO NOTHING RETURNING id``: a single statement for any number of rows (conversations and
+their messages together, as two data-modifying CTEs), which, unlike COPY, lets a replayed
+``external_id`` fall out quietly instead of failing the batch. The rows travel as one JSON
+document per table, written by orjson in C: an array per column made psycopg adapt every value
+in Python, and PostgreSQL took longer to unnest them than to parse the JSON. Ids are UUIDv7 made
+here, so every item's id is known before the statement runs. Each function commits once; a 202
+is only sent after that commit, so an acknowledged item is a committed ``pending`` row
+(ARCHITECTURE.md, decision 1).
 
 A batch is never all-or-nothing: each item ends ``Accepted`` or ``Rejected`` with the field at
 fault, and the good items are stored whatever happens to the bad ones.
@@ -19,8 +20,8 @@ from collections.abc import Sequence
 from typing import Any
 from uuid import UUID
 
+import orjson
 from django.db import transaction
-from psycopg.types.json import Jsonb
 
 from conversations.models import Conversation, EmbeddingState, Message, Tenant
 from conversations.payloads import ConversationIn, InboundMessageIn, MessageIn
@@ -36,15 +37,49 @@ from convo.monitoring.timings import timed
 _CONVERSATIONS = Conversation._meta.db_table
 _MESSAGES = Message._meta.db_table
 
-_MESSAGE_COLUMNS = (
-    "id, tenant_id, conversation_id, role, text, sender_name, sender_avatar_url, external_id, raw_payload, sent_at,"
-    " embedding_state"
+
+def _columns(fields: Sequence[tuple[str, str]]) -> str:
+    return ", ".join(name for name, _ in fields)
+
+
+def _recordset(alias: str, fields: Sequence[tuple[str, str]]) -> str:
+    """Rows from one JSON array of objects (one parameter), typed by ``fields``."""
+    return f"json_to_recordset(%b::json) AS {alias}({', '.join(f'{name} {kind}' for name, kind in fields)})"
+
+
+# The fields of a stored message, as a record of _message_record carries them.
+_MESSAGE_FIELDS = (
+    ("id", "uuid"),
+    ("tenant_id", "bigint"),
+    ("conversation_id", "uuid"),
+    ("role", "text"),
+    ("text", "text"),
+    ("sender_name", "text"),
+    ("sender_avatar_url", "text"),
+    ("external_id", "text"),
+    ("raw_payload", "jsonb"),
+    ("sent_at", "timestamptz"),
+    ("embedding_state", "text"),
 )
-_MESSAGE_ARRAYS = (
-    "%b::uuid[], %b::bigint[], %b::uuid[], %b::text[], %b::text[], %b::text[], %b::text[], %b::text[], %b::jsonb[],"
-    " %b::timestamptz[], %b::text[]"
+_MESSAGE_COLUMNS = _columns(_MESSAGE_FIELDS)
+
+# The fields of a new conversation (_conversation_record); the last two give its last_message_at.
+_CONVERSATION_FIELDS = (
+    ("id", "uuid"),
+    ("tenant_id", "bigint"),
+    ("external_id", "text"),
+    ("external_user_id", "text"),
+    ("channel", "text"),
+    ("session_id", "text"),
+    ("status", "text"),
+    ("summary", "text"),
+    ("transcript", "text"),
+    ("metadata", "jsonb"),
+    ("embedding_state", "text"),
+    ("ingest_fingerprint", "text"),
+    ("newest_sent_at", "timestamptz"),
+    ("unsent", "boolean"),
 )
-_MESSAGE_ROWS = f"unnest({_MESSAGE_ARRAYS}) AS m({_MESSAGE_COLUMNS})"
 
 # Conversations and their messages in one statement (one round trip). A conversation that falls
 # out (a replayed external_id, a taken session) takes its messages with it. Its last_message_at
@@ -53,25 +88,23 @@ _MESSAGE_ROWS = f"unnest({_MESSAGE_ARRAYS}) AS m({_MESSAGE_COLUMNS})"
 # twice, with every index entry, in the same transaction.
 _INSERT_CONVERSATIONS_WITH_MESSAGES = f"""
 WITH conversations AS (
-    INSERT INTO {_CONVERSATIONS} (id, tenant_id, external_id, external_user_id, channel, session_id, status,
-                                  summary, transcript, metadata, embedding_state, ingest_fingerprint, last_message_at)
-    SELECT id, tenant_id, external_id, user_id, channel, session_id, status, summary, transcript, metadata,
-           embedding_state, fingerprint, GREATEST(newest_sent_at, CASE WHEN unsent THEN statement_timestamp() END)
-    FROM unnest(%b::uuid[], %b::bigint[], %b::text[], %b::text[], %b::text[], %b::text[], %b::text[],
-                %b::text[], %b::text[], %b::jsonb[], %b::text[], %b::text[], %b::timestamptz[], %b::boolean[])
-         AS c(id, tenant_id, external_id, user_id, channel, session_id, status, summary, transcript, metadata,
-              embedding_state, fingerprint, newest_sent_at, unsent)
+    INSERT INTO {_CONVERSATIONS} ({_columns(_CONVERSATION_FIELDS[:-2])}, last_message_at)
+    SELECT {_columns(_CONVERSATION_FIELDS[:-2])},
+           GREATEST(newest_sent_at, CASE WHEN unsent THEN statement_timestamp() END)
+    FROM {_recordset("c", _CONVERSATION_FIELDS)}
     ON CONFLICT DO NOTHING
     RETURNING id
 ), messages AS (
     INSERT INTO {_MESSAGES} ({_MESSAGE_COLUMNS})
-    SELECT * FROM {_MESSAGE_ROWS}
+    SELECT * FROM {_recordset("m", _MESSAGE_FIELDS)}
     WHERE m.conversation_id IN (SELECT id FROM conversations)
     ON CONFLICT DO NOTHING
     RETURNING id
 )
 SELECT id, true FROM conversations UNION ALL SELECT id, false FROM messages
 """
+
+_SESSION_FIELDS = (("id", "uuid"), ("user_id", "text"), ("session_id", "text"), ("channel", "text"))
 
 # Inbound messages in one statement: the active conversation of each (user, session) is continued
 # or started (the DO UPDATE is what makes RETURNING give the id of one that already existed), and
@@ -81,7 +114,7 @@ WITH sessions AS (
     INSERT INTO {_CONVERSATIONS} (id, tenant_id, external_user_id, session_id, channel, status, summary,
                                   transcript, metadata, embedding_state, ingest_fingerprint)
     SELECT id, %b::bigint, user_id, session_id, channel, 'active', '', '', '{{}}'::jsonb, 'pending', ''
-    FROM unnest(%b::uuid[], %b::text[], %b::text[], %b::text[]) AS s(id, user_id, session_id, channel)
+    FROM {_recordset("s", _SESSION_FIELDS)}
     ON CONFLICT (tenant_id, external_user_id, session_id) WHERE status = 'active' AND deleted_at IS NULL
     DO UPDATE SET updated_at = now()
     RETURNING id, external_user_id, session_id
@@ -89,7 +122,7 @@ WITH sessions AS (
     INSERT INTO {_MESSAGES} ({_MESSAGE_COLUMNS})
     SELECT m.id, m.tenant_id, COALESCE(m.conversation_id, s.id), m.role, m.text, m.sender_name,
            m.sender_avatar_url, m.external_id, m.raw_payload, m.sent_at, m.embedding_state
-    FROM unnest({_MESSAGE_ARRAYS}, %b::text[], %b::text[]) AS m({_MESSAGE_COLUMNS}, user_id, session_id)
+    FROM {_recordset("m", (*_MESSAGE_FIELDS, ("user_id", "text"), ("session_id", "text")))}
     LEFT JOIN sessions AS s
            ON m.conversation_id IS NULL AND s.external_user_id = m.user_id AND s.session_id = m.session_id
     ON CONFLICT DO NOTHING
@@ -270,56 +303,66 @@ def _insert_conversations_with_messages(
     """Returns the ids of the conversations and of the messages stored."""
     if not rows:
         return set(), set()
-    columns: list[list[Any]] = [[] for _ in range(14)]
-    for index, conversation_id, payload in rows:
-        sent = [message.sent_at for message in payload.messages]
-        values = (
-            conversation_id,
-            tenant.pk,
-            payload.external_id,
-            payload.user_id,
-            payload.channel.value,
-            payload.session_id,
-            payload.status.value,
-            payload.summary,
-            payload.transcript,
-            Jsonb(payload.metadata),
-            _PENDING,
-            fingerprints[index],
-            max((at for at in sent if at is not None), default=None),
-            None in sent,
-        )
-        for column, value in zip(columns, values, strict=True):
-            column.append(value)
+    conversations = [
+        _conversation_record(tenant, conversation_id, payload, fingerprints[index])
+        for index, conversation_id, payload in rows
+    ]
+    messages = [_message_record(tenant, *row) for row in message_rows]
     with server_bound_cursor(prepare=len(rows) == 1) as cursor:
-        cursor.execute(_INSERT_CONVERSATIONS_WITH_MESSAGES, [*columns, *_message_columns(tenant, message_rows)])
+        cursor.execute(_INSERT_CONVERSATIONS_WITH_MESSAGES, [_records(conversations), _records(messages)])
         stored = cursor.fetchall()
     return {id_ for id_, is_conversation in stored if is_conversation}, {
         id_ for id_, is_conversation in stored if not is_conversation
     }
 
 
-def _message_columns(tenant: Tenant, rows: Sequence[tuple[UUID, MessageIn, UUID | None]]) -> list[list[Any]]:
-    """The parameters of ``_MESSAGE_ROWS``: one array per column (a conversation not known yet
-    is NULL, for the statement to fill in)."""
-    columns: list[list[Any]] = [[] for _ in range(11)]
-    for message_id, payload, conversation_id in rows:
-        values = (
-            message_id,
-            tenant.pk,
-            conversation_id,
-            payload.role.value,
-            payload.text,
-            payload.sender_name,
-            payload.sender_avatar_url,
-            payload.external_id,
-            None if payload.raw_payload is None else Jsonb(payload.raw_payload),
-            payload.sent_at,
-            _PENDING,
-        )
-        for column, value in zip(columns, values, strict=True):
-            column.append(value)
-    return columns
+def _records(records: list[dict[str, Any]]) -> str:
+    """One JSON document for a whole batch of rows: orjson writes it in C, where psycopg would
+    adapt each value of each column in Python (five times the client time for a batch of 100
+    conversations, and a slower statement)."""
+    return orjson.dumps(records).decode()
+
+
+def _conversation_record(
+    tenant: Tenant, conversation_id: UUID, payload: ConversationIn, fingerprint: str
+) -> dict[str, Any]:
+    sent = [message.sent_at for message in payload.messages]
+    return {
+        "id": conversation_id,
+        "tenant_id": tenant.pk,
+        "external_id": payload.external_id,
+        "external_user_id": payload.user_id,
+        "channel": payload.channel.value,
+        "session_id": payload.session_id,
+        "status": payload.status.value,
+        "summary": payload.summary,
+        "transcript": payload.transcript,
+        "metadata": payload.metadata,
+        "embedding_state": _PENDING,
+        "ingest_fingerprint": fingerprint,
+        "newest_sent_at": max((at for at in sent if at is not None), default=None),
+        "unsent": None in sent,
+    }
+
+
+def _message_record(
+    tenant: Tenant, message_id: UUID, payload: MessageIn, conversation_id: UUID | None
+) -> dict[str, Any]:
+    """A message's fields (``_MESSAGE_FIELDS``); a conversation not known yet is null, for the
+    statement to fill in."""
+    return {
+        "id": message_id,
+        "tenant_id": tenant.pk,
+        "conversation_id": conversation_id,
+        "role": payload.role.value,
+        "text": payload.text,
+        "sender_name": payload.sender_name,
+        "sender_avatar_url": payload.sender_avatar_url,
+        "external_id": payload.external_id,
+        "raw_payload": payload.raw_payload,
+        "sent_at": payload.sent_at,
+        "embedding_state": _PENDING,
+    }
 
 
 def _live_conversation_ids(tenant: Tenant, ids: set[UUID]) -> set[UUID]:
@@ -346,19 +389,16 @@ def _ingest_messages(
     for _, payload, conversation_id in rows:
         if conversation_id is None:
             channels.setdefault((payload.user_id or "", payload.session_id or ""), payload.channel.value)
-    keys = sorted(channels)  # a fixed order, so concurrent upserts lock rows in the same order
-    sessions: list[Any] = [
-        tenant.pk,
-        [uuid7() for _ in keys],
-        [user for user, _ in keys],
-        [session for _, session in keys],
-        [channels[key] for key in keys],
+    # A fixed order, so concurrent upserts lock rows in the same order.
+    sessions = [
+        {"id": uuid7(), "user_id": user, "session_id": session, "channel": channels[(user, session)]}
+        for user, session in sorted(channels)
     ]
-    messages = _message_columns(tenant, rows)
-    messages.append([payload.user_id for _, payload, _ in rows])
-    messages.append([payload.session_id for _, payload, _ in rows])
+    messages = [
+        {**_message_record(tenant, *row), "user_id": row[1].user_id, "session_id": row[1].session_id} for row in rows
+    ]
     with server_bound_cursor(prepare=len(rows) == 1) as cursor:
-        cursor.execute(_INGEST_MESSAGES, [*sessions, *messages])
+        cursor.execute(_INGEST_MESSAGES, [tenant.pk, _records(sessions), _records(messages)])
         returned = cursor.fetchall()
     conversations = {(user, session): row_id for row_id, user, session in returned if user is not None}
     return conversations, {row_id for row_id, user, _ in returned if user is None}
