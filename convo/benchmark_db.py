@@ -1,5 +1,6 @@
 """Database chores shared by the benchmark commands: the URL their helper processes connect with,
-deleting a benchmark tenant's rows fast, and dropping the embedding kicks a run queued.
+deleting a benchmark tenant's rows fast, dropping the embedding kicks a run queued, and the
+database's own time for one statement.
 
 Kept out of any one command so the ingest, embeddings, clustering and knowledge benchmarks share
 one copy (they used to import these from the ingest command's module).
@@ -7,8 +8,11 @@ one copy (they used to import these from the ingest command's module).
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Callable
 from datetime import datetime
+from typing import Any
 
 from django.conf import settings
 from django.db import connection, transaction
@@ -86,3 +90,34 @@ def benchmark_kicks_delete(since: datetime) -> int:
             dropped.append(entry.pk)
     OrmQ.objects.filter(pk__in=dropped).delete()
     return len(dropped)
+
+
+class _Explained(Exception):
+    """Ends the call whose statement was explained, rolling its transaction back."""
+
+
+def statement_server_ms(*, call: Callable[[], object], statement_prefix: str) -> float:
+    """PostgreSQL's own time for the first statement ``call`` runs that starts with
+    ``statement_prefix``: it is run under ``EXPLAIN ANALYZE`` with its deferred constraints checked
+    at once (so foreign-key checks count, as at commit), and the transaction is rolled back.
+
+    The time is the server's planning plus execution, triggers included: no client, no network,
+    no commit. It tells what part of a measured call the database needs whatever the code does.
+    """
+    found: list[float] = []
+
+    def explain(execute: Callable[..., Any], sql: str, params: Any, many: bool, context: dict[str, Any]) -> Any:
+        if found or not sql.lstrip().startswith(statement_prefix):
+            return execute(sql, params, many, context)
+        cursor = context["cursor"]
+        cursor.execute("SET CONSTRAINTS ALL IMMEDIATE")
+        cursor.execute(f"EXPLAIN (ANALYZE, FORMAT JSON) {sql}", params)
+        (plan,) = cursor.fetchone()[0]
+        found.append(float(plan["Planning Time"]) + float(plan["Execution Time"]))
+        raise _Explained
+
+    with contextlib.suppress(_Explained), transaction.atomic(), connection.execute_wrapper(explain):
+        call()
+    if not found:
+        raise RuntimeError(f"the call ran no statement starting with {statement_prefix!r}")
+    return found[0]

@@ -70,6 +70,81 @@ def cpu_busy_since(before: tuple[int, int]) -> float | None:
     return (busy - before[0]) / (total - before[1])
 
 
+@dataclass(frozen=True)
+class CpuSplit:
+    """CPU seconds (user + system) each party of an HTTP measurement spent."""
+
+    server: float  # the gunicorn master and its workers
+    database: float  # every PostgreSQL process on the machine: backends, WAL writer, checkpointer
+    client: float  # this process: the load generator's threads
+
+    def per_request_ms(self, requests: int) -> tuple[float, float, float]:
+        scale = 1000.0 / requests
+        return self.server * scale, self.database * scale, self.client * scale
+
+
+def _process_table() -> dict[int, tuple[int, str, float]]:
+    """pid -> (parent pid, command name, CPU seconds so far), read from /proc."""
+    tick = os.sysconf("SC_CLK_TCK")
+    table = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as handle:
+                stat = handle.read()
+        except OSError:
+            continue  # gone meanwhile
+        name = stat[stat.index("(") + 1 : stat.rindex(")")]
+        fields = stat[stat.rindex(")") + 2 :].split()
+        table[int(entry)] = (int(fields[1]), name, (int(fields[11]) + int(fields[12])) / tick)
+    return table
+
+
+class CpuAccount:
+    """The CPU time a server process tree, PostgreSQL and this process spend while the block runs.
+
+    On a 2-core machine the three share the cores, so the split says where a request's cost is and
+    what a latency target asks of each. ``spent`` stays None where there is no /proc (not Linux).
+    """
+
+    def __init__(self, *, server_pid: int, database_process: str = "postgres") -> None:
+        self._server_pid = server_pid
+        self._database_process = database_process
+        self._before: CpuSplit | None = None
+        self.spent: CpuSplit | None = None
+
+    def _read(self) -> CpuSplit | None:
+        if not os.path.isdir("/proc/self"):
+            return None
+        table = _process_table()
+        tree = {self._server_pid}
+        for pid, (parent, _, _) in table.items():
+            if parent == self._server_pid:
+                tree.add(pid)
+        usage = os.times()
+        return CpuSplit(
+            server=sum(table[pid][2] for pid in tree if pid in table),
+            database=sum(cpu for _, name, cpu in table.values() if name == self._database_process),
+            client=usage.user + usage.system,
+        )
+
+    def __enter__(self) -> CpuAccount:
+        self._before = self._read()
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, traceback: TracebackType | None
+    ) -> None:
+        after = self._read()
+        if self._before is not None and after is not None:
+            self.spent = CpuSplit(
+                server=after.server - self._before.server,
+                database=after.database - self._before.database,
+                client=after.client - self._before.client,
+            )
+
+
 def wait_until_quiet(*, max_load: float, timeout: float, report: Callable[[str], object]) -> float:
     """Wait (up to ``timeout`` s) until the 1-minute load average falls under ``max_load``.
 
@@ -149,6 +224,11 @@ class GunicornServer:
             "--no-control-socket",
         ]
 
+    @property
+    def pid(self) -> int:
+        assert self._process is not None, "the server is not running"
+        return self._process.pid
+
     def __enter__(self) -> GunicornServer:
         log = open(self._log_path, "wb") if self._log_path else subprocess.DEVNULL
         try:
@@ -215,9 +295,12 @@ class JsonClient:
         self._headers = {"Content-Type": "application/json", "Authorization": f"Api-Key {api_key}"}
 
     def post(self, path: str, body: bytes) -> tuple[int, bytes]:
+        return self.send("POST", path, body)
+
+    def send(self, method: str, path: str, body: bytes | None) -> tuple[int, bytes]:
         for attempt in (1, 2):
             try:
-                self._connection.request("POST", path, body=body, headers=self._headers)
+                self._connection.request(method, path, body=body, headers=self._headers)
                 response = self._connection.getresponse()
                 return response.status, response.read()
             except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError):
@@ -244,13 +327,15 @@ class LoadResult:
 def drive_concurrently(
     *,
     clients: int,
-    bodies: Sequence[bytes],
+    bodies: Sequence[bytes | None],
     path: str,
     connect: Callable[[], JsonClient],
     keep_bodies: bool = False,
+    method: str = "POST",
 ) -> LoadResult:
-    """POST every body in ``bodies`` to ``path`` from ``clients`` threads (closed loop: each
-    client sends its next request as soon as the previous one is answered).
+    """Send every body in ``bodies`` to ``path`` from ``clients`` threads (closed loop: each
+    client sends its next request as soon as the previous one is answered); a None body sends
+    none (``method="GET"``).
 
     Bodies are encoded beforehand so the clients spend their CPU on sending, not on building JSON
     (on a 2-core machine the load generator competes with the server for the same cores). Client
@@ -272,7 +357,7 @@ def drive_concurrently(
                     if stop.is_set():
                         return
                     began = time.perf_counter()
-                    status, answer = session.post(path, body)
+                    status, answer = session.send(method, path, body)
                     latencies[index].append(time.perf_counter() - began)
                     statuses[index][status] = statuses[index].get(status, 0) + 1
                     if keep_bodies or status >= 300:

@@ -59,8 +59,14 @@ from conversations.services.ingest import (
 )
 from conversations.services.results import Accepted
 from conversations.services.tenants import tenant_api_key_create, tenant_create
-from convo.benchmark_db import benchmark_database_url, benchmark_kicks_delete, benchmark_tenant_rows_delete
+from convo.benchmark_db import (
+    benchmark_database_url,
+    benchmark_kicks_delete,
+    benchmark_tenant_rows_delete,
+    statement_server_ms,
+)
 from convo.benchmarking import (
+    CpuAccount,
     GunicornServer,
     JsonClient,
     LoadResult,
@@ -141,6 +147,8 @@ class Row:
     verdict: str = ""
     note: str = ""
     cpu_busy: float | None = None  # share of the machine's cores busy meanwhile (any process)
+    # CPU ms per request over HTTP: (gunicorn, PostgreSQL, the benchmark's clients)
+    cpu_per_request: tuple[float, float, float] | None = None
 
     def __post_init__(self) -> None:
         if self.target is not None:
@@ -323,6 +331,7 @@ class IngestBenchmark:
         self.api_key = ""
         self.started = time.perf_counter()
         self._last_cpu: float | None = None
+        self._last_split: tuple[float, float, float] | None = None
 
     # --- orchestration ------------------------------------------------------------------------
 
@@ -405,18 +414,23 @@ class IngestBenchmark:
         self._last_cpu = cpu_busy_since(before)
         return samples
 
-    def _drive(self, **kwargs: Any) -> LoadResult:
-        """``drive_concurrently``, noting how busy the machine was while it ran (for the next row)."""
+    def _drive(self, server: GunicornServer, **kwargs: Any) -> LoadResult:
+        """``drive_concurrently``, noting how busy the machine was and where the CPU went while
+        it ran (for the next row)."""
         self._settle_backlog()
         self._analyze()
         before = cpu_times()
-        result = drive_concurrently(**kwargs)
+        with CpuAccount(server_pid=server.pid) as account:
+            result = drive_concurrently(**kwargs)
         self._last_cpu = cpu_busy_since(before)
+        self._last_split = account.spent.per_request_ms(len(result.latencies)) if account.spent else None
         return result
 
     def _add(self, row: Row) -> None:
         if row.cpu_busy is None:
             row.cpu_busy, self._last_cpu = self._last_cpu, None
+        if row.cpu_per_request is None:
+            row.cpu_per_request, self._last_split = self._last_split, None
         self.rows.append(row)
         parts = [f"  {row.name}"]
         if row.latency is not None:
@@ -428,6 +442,9 @@ class IngestBenchmark:
             parts.append(f"[{row.target.label()}: {row.verdict}]")
         if row.cpu_busy is not None:
             parts.append(f"cpu {row.cpu_busy:.0%}")
+        if row.cpu_per_request is not None:
+            server, database, client = row.cpu_per_request
+            parts.append(f"cpu/request: gunicorn {server:.2f} + PostgreSQL {database:.2f} + clients {client:.2f} ms")
         if row.note:
             parts.append(f"({row.note})")
         self.write(" ".join(parts))
@@ -535,6 +552,8 @@ class IngestBenchmark:
                     target=Target("p95", 10, floor=100) if size == 100 else None,
                 )
             )
+            if size == 100:
+                self._database_share(size)
         batches_in = [
             [
                 InboundMessageIn.model_validate(self.payloads.message(session_space="inbatch", sessions=100))
@@ -582,6 +601,31 @@ class IngestBenchmark:
                     note="DRF test client: the whole Django stack without sockets",
                 )
             )
+
+    def _database_share(self, size: int) -> None:
+        """PostgreSQL's own time for the statement of a batch (rows, indexes, foreign-key checks),
+        without the client, the round trip or the commit: the part of the storage figure above
+        that no code of ours can remove."""
+        tenant = self._tenant()
+        samples = [
+            statement_server_ms(
+                call=lambda: conversation_create_batch(
+                    tenant=tenant,
+                    payloads=[ConversationIn.model_validate(self.payloads.conversation()) for _ in range(size)],
+                ),
+                statement_prefix="WITH conversations AS",
+            )
+            / 1000.0
+            for _ in range(self.plan.batch_repetitions)
+        ]
+        self._add(
+            Row(
+                "3",
+                f"database alone: the statement of {size} conv ({size * 3} msgs), FK checks included",
+                latency=summarize(samples),
+                note="EXPLAIN ANALYZE, rolled back; the commit's WAL flush comes on top",
+            )
+        )
 
     # --- 4. COPY ceiling ----------------------------------------------------------------------
 
@@ -686,6 +730,7 @@ class IngestBenchmark:
     def _http_single(self, server: GunicornServer) -> None:
         n, warmup, clients = self.plan.iterations, self.plan.warmup, self.plan.clients
         connect = self._connect(server)
+        self._http_floor(server)
         cases: list[tuple[str, str, Callable[[int], dict[str, Any]]]] = [
             ("conversations", "POST /conversations, 1 conv + 3 msgs", lambda _: self.payloads.conversation()),
             (
@@ -700,7 +745,7 @@ class IngestBenchmark:
             _check(drive_concurrently(clients=clients, bodies=warm, path=path, connect=connect), 202)
             for count in (1, clients) if resource == "conversations" else (clients,):
                 bodies = [orjson.dumps(make(i)) for i in range(n)]
-                result = _check(self._drive(clients=count, bodies=bodies, path=path, connect=connect), 202)
+                result = _check(self._drive(server, clients=count, bodies=bodies, path=path, connect=connect), 202)
                 self._add(
                     Row(
                         "2",
@@ -713,6 +758,32 @@ class IngestBenchmark:
                     )
                 )
 
+    def _http_floor(self, server: GunicornServer) -> None:
+        """The same clients against ``GET /healthz``, a view that does no work: what gunicorn,
+        Django's middleware and the clients cost per request here before any ingest code runs."""
+        connect, clients = self._connect(server), self.plan.clients
+        drive_concurrently(
+            clients=clients, bodies=[None] * clients * 10, path="/healthz", connect=connect, method="GET"
+        )
+        result = self._drive(
+            server,
+            clients=clients,
+            bodies=[None] * self.plan.iterations,
+            path="/healthz",
+            connect=connect,
+            method="GET",
+        )
+        self._add(
+            Row(
+                "2",
+                f"floor: HTTP GET /healthz (no work), {clients} clients",
+                latency=summarize(_check(result, 200).latencies),
+                rate=len(result.latencies) / result.wall_seconds,
+                rate_unit="req/s",
+                note="gunicorn + Django middleware + the clients, nothing else",
+            )
+        )
+
     def _http_batches(self, server: GunicornServer) -> None:
         reps = self.plan.batch_repetitions
         for size in (100, 1000):
@@ -724,7 +795,12 @@ class IngestBenchmark:
             connect = self._connect(server)
             _check(drive_concurrently(clients=1, bodies=warm, path="/api/v1/conversations/batch", connect=connect), 202)
             result = self._drive(
-                clients=1, bodies=measured, path="/api/v1/conversations/batch", connect=connect, keep_bodies=True
+                server,
+                clients=1,
+                bodies=measured,
+                path="/api/v1/conversations/batch",
+                connect=connect,
+                keep_bodies=True,
             )
             _check(result, 202)
             accepted = sum(orjson.loads(body)["accepted"] for body in result.bodies)
@@ -758,7 +834,7 @@ class IngestBenchmark:
             202,
         )
         bodies = [body(i) for i in range(requests)]
-        result = self._drive(clients=clients, bodies=bodies, path=path, connect=connect, keep_bodies=True)
+        result = self._drive(server, clients=clients, bodies=bodies, path=path, connect=connect, keep_bodies=True)
         _check(result, 202)
         accepted = sum(orjson.loads(answer)["accepted"] for answer in result.bodies)
         if accepted != requests * per_request:
