@@ -89,8 +89,10 @@ def _plausible_time(value: datetime | None) -> datetime | None:
 def _http_url(value: str) -> str:
     if value and not value.startswith(("http://", "https://")):
         raise ValueError("must be an http(s) URL")
-    return value
+    return _at_most(value, _URL_MAX)
 
+
+_URL_MAX = 2048
 
 Identifier = Annotated[
     str, Field(min_length=1, max_length=_IDENTIFIER_MAX), AfterValidator(lambda v: _at_most(v, _IDENTIFIER_MAX))
@@ -99,7 +101,8 @@ Text = Annotated[str, AfterValidator(_text)]
 OptionalText = Annotated[str, AfterValidator(_optional_text)]
 Transcript = Annotated[str, AfterValidator(_transcript)]
 JsonObject = Annotated[dict[str, Any], AfterValidator(_json_object)]
-AvatarUrl = Annotated[str, Field(max_length=2048), AfterValidator(_http_url)]
+Name = Annotated[str, Field(max_length=_IDENTIFIER_MAX), AfterValidator(lambda v: _at_most(v, _IDENTIFIER_MAX))]
+AvatarUrl = Annotated[str, Field(max_length=_URL_MAX), AfterValidator(_http_url)]
 
 
 class _Payload(BaseModel):
@@ -116,7 +119,7 @@ class MessageIn(_Payload):
 
     role: Role = Role.USER
     text: Text
-    sender_name: Annotated[str, Field(max_length=_IDENTIFIER_MAX)] = ""
+    sender_name: Name = ""
     sender_avatar_url: AvatarUrl = ""
     external_id: Identifier | None = Field(default=None, description="The platform's id of the message.")
     raw_payload: JsonObject | None = None

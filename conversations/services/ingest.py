@@ -17,6 +17,7 @@ fault, and the good items are stored whatever happens to the bad ones.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID
 
@@ -323,6 +324,12 @@ def _records(records: list[dict[str, Any]]) -> str:
     return orjson.dumps(records).decode()
 
 
+def _utc(at: datetime | None) -> datetime | None:
+    """``at`` in UTC: orjson writes an offset in hours and minutes only, so a zone whose offset has
+    seconds (Monrovia until 1972: -0:44:30) would be stored up to a minute off."""
+    return None if at is None else at.astimezone(UTC)
+
+
 def _conversation_record(
     tenant: Tenant, conversation_id: UUID, payload: ConversationIn, fingerprint: str
 ) -> dict[str, Any]:
@@ -340,7 +347,7 @@ def _conversation_record(
         "metadata": payload.metadata,
         "embedding_state": _PENDING,
         "ingest_fingerprint": fingerprint,
-        "newest_sent_at": max((at for at in sent if at is not None), default=None),
+        "newest_sent_at": _utc(max((at for at in sent if at is not None), default=None)),
         "unsent": None in sent,
     }
 
@@ -360,7 +367,7 @@ def _message_record(
         "sender_avatar_url": payload.sender_avatar_url,
         "external_id": payload.external_id,
         "raw_payload": payload.raw_payload,
-        "sent_at": payload.sent_at,
+        "sent_at": _utc(payload.sent_at),
         "embedding_state": _PENDING,
     }
 

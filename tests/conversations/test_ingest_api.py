@@ -123,6 +123,11 @@ def test_server_owned_fields_cannot_be_assigned(api, field):
         ({"messages": [{"text": "x", "sender_avatar_url": "javascript:alert(1)"}]}, "messages.0.sender_avatar_url"),
         ({"messages": [{"text": "x", "sent_at": "2024-01-01T00:00:00"}]}, "messages.0.sent_at"),
         ({"summary": "nul\x00byte"}, "summary"),
+        ({"messages": [{"text": "x", "sender_name": "nul\x00byte"}]}, "messages.0.sender_name"),
+        (
+            {"messages": [{"text": "x", "sender_avatar_url": "https://a.example/\x00.png"}]},
+            "messages.0.sender_avatar_url",
+        ),
     ],
 )
 def test_bad_fields_answer_400_naming_the_field(api, overrides, field):

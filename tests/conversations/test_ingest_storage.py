@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 from django.db import connection
@@ -124,8 +124,8 @@ def test_inbound_messages_start_or_continue_their_session_in_one_statement(tenan
     assert Message.objects.filter(conversation_id=first.conversation_id).count() == 2
 
 
-# Values that array literals must quote or escape: the ingest statements send each column as one
-# binary array, and every element must arrive as it was sent.
+# Values that JSON and SQL literals must quote or escape: the ingest statements send their rows as
+# one JSON document per table, and every value must arrive as it was sent.
 AWKWARD_TEXTS = [
     "NULL",
     '{"a", "b"}',
@@ -173,3 +173,25 @@ def test_awkward_values_are_stored_as_sent(tenant: Tenant):
         message = Message.objects.get(pk=result.id)
         assert message.text == text
         assert Conversation.objects.filter(pk=result.conversation_id, external_user_id=text, session_id=text).exists()
+
+
+def test_a_sent_at_whose_offset_has_seconds_is_stored_to_the_microsecond(tenant: Tenant):
+    from conversations.payloads import InboundMessageIn
+    from conversations.services.ingest import message_ingest_batch
+
+    # Liberia kept -0:44:30 until 1972; JSON offsets carry hours and minutes only.
+    monrovia = timezone(-timedelta(minutes=44, seconds=30))
+    sent = datetime(1971, 6, 1, 12, 0, 0, 123456, tzinfo=monrovia)
+
+    (conversation,) = conversation_create_batch(
+        tenant=tenant,
+        payloads=[ConversationIn.model_validate({"user_id": "u", "messages": [{"text": "a", "sent_at": sent}]})],
+    )
+    (inbound,) = message_ingest_batch(
+        tenant=tenant,
+        payloads=[InboundMessageIn.model_validate({"user_id": "v", "session_id": "s", "text": "b", "sent_at": sent})],
+    )
+
+    assert Message.objects.get(conversation_id=conversation.id).sent_at == sent
+    assert Conversation.objects.get(pk=conversation.id).last_message_at == sent
+    assert Message.objects.get(pk=inbound.id).sent_at == sent
