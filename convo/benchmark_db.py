@@ -102,7 +102,10 @@ def statement_server_ms(*, call: Callable[[], object], statement_prefix: str) ->
     at once (so foreign-key checks count, as at commit), and the transaction is rolled back.
 
     The time is the server's planning plus execution, triggers included: no client, no network,
-    no commit. It tells what part of a measured call the database needs whatever the code does.
+    no commit (``EXPLAIN ANALYZE`` adds its own timing overhead). It tells what part of a measured
+    call the database needs whatever the code does. The call ends in an exception, so a ``timed``
+    function inside it records a failure in this process's timings. ``statement_prefix`` must not
+    match the ``SET`` and ``EXPLAIN`` statements this runs through the same cursor.
     """
     found: list[float] = []
 

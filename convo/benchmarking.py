@@ -83,8 +83,17 @@ class CpuSplit:
         return self.server * scale, self.database * scale, self.client * scale
 
 
-def _process_table() -> dict[int, tuple[int, str, float]]:
-    """pid -> (parent pid, command name, CPU seconds so far), read from /proc."""
+@dataclass(frozen=True)
+class _Process:
+    parent: int
+    name: str
+    started: int  # clock ticks after boot: tells a process from a later one with the same pid
+    cpu: float  # its own user + system seconds
+    reaped: float  # user + system seconds of its children that ended and were waited for
+
+
+def _process_table() -> dict[int, _Process]:
+    """Every process of the machine, read from /proc."""
     tick = os.sysconf("SC_CLK_TCK")
     table = {}
     for entry in os.listdir("/proc"):
@@ -95,10 +104,30 @@ def _process_table() -> dict[int, tuple[int, str, float]]:
                 stat = handle.read()
         except OSError:
             continue  # gone meanwhile
-        name = stat[stat.index("(") + 1 : stat.rindex(")")]
-        fields = stat[stat.rindex(")") + 2 :].split()
-        table[int(entry)] = (int(fields[1]), name, (int(fields[11]) + int(fields[12])) / tick)
+        fields = stat[stat.rindex(")") + 2 :].split()  # from the state field on
+        table[int(entry)] = _Process(
+            parent=int(fields[1]),
+            name=stat[stat.index("(") + 1 : stat.rindex(")")],
+            started=int(fields[19]),
+            cpu=(int(fields[11]) + int(fields[12])) / tick,
+            reaped=(int(fields[13]) + int(fields[14])) / tick,
+        )
     return table
+
+
+def _cpu_spent(before: dict[int, _Process], after: dict[int, _Process], pids: set[int]) -> float:
+    """CPU seconds that the processes ``pids`` (as alive at the end) spent between the two
+    readings, with what their children that ended meanwhile spent (a PostgreSQL backend that
+    closed, a gunicorn worker that was replaced): whole lifetimes for those, a slight overcount."""
+    spent = 0.0
+    for pid in pids:
+        now = after[pid]
+        then = before.get(pid)
+        if then is None or then.started != now.started:
+            spent += now.cpu + now.reaped  # started during the block
+        else:
+            spent += (now.cpu - then.cpu) + (now.reaped - then.reaped)
+    return spent
 
 
 class CpuAccount:
@@ -111,23 +140,15 @@ class CpuAccount:
     def __init__(self, *, server_pid: int, database_process: str = "postgres") -> None:
         self._server_pid = server_pid
         self._database_process = database_process
-        self._before: CpuSplit | None = None
+        self._before: tuple[dict[int, _Process], float] | None = None
         self.spent: CpuSplit | None = None
 
-    def _read(self) -> CpuSplit | None:
+    @staticmethod
+    def _read() -> tuple[dict[int, _Process], float] | None:
         if not os.path.isdir("/proc/self"):
             return None
-        table = _process_table()
-        tree = {self._server_pid}
-        for pid, (parent, _, _) in table.items():
-            if parent == self._server_pid:
-                tree.add(pid)
         usage = os.times()
-        return CpuSplit(
-            server=sum(table[pid][2] for pid in tree if pid in table),
-            database=sum(cpu for _, name, cpu in table.values() if name == self._database_process),
-            client=usage.user + usage.system,
-        )
+        return _process_table(), usage.user + usage.system
 
     def __enter__(self) -> CpuAccount:
         self._before = self._read()
@@ -137,12 +158,18 @@ class CpuAccount:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, traceback: TracebackType | None
     ) -> None:
         after = self._read()
-        if self._before is not None and after is not None:
-            self.spent = CpuSplit(
-                server=after.server - self._before.server,
-                database=after.database - self._before.database,
-                client=after.client - self._before.client,
-            )
+        if self._before is None or after is None:
+            return
+        (before_table, before_client), (after_table, after_client) = self._before, after
+        server = {pid for pid, process in after_table.items() if process.parent == self._server_pid}
+        if self._server_pid in after_table:
+            server.add(self._server_pid)
+        database = {pid for pid, process in after_table.items() if process.name == self._database_process}
+        self.spent = CpuSplit(
+            server=_cpu_spent(before_table, after_table, server),
+            database=_cpu_spent(before_table, after_table, database),
+            client=after_client - before_client,
+        )
 
 
 def wait_until_quiet(*, max_load: float, timeout: float, report: Callable[[str], object]) -> float:

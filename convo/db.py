@@ -122,14 +122,16 @@ _EXPLICIT_ONLY = 2**31
 @contextlib.contextmanager
 def server_bound_cursor(*, prepare: bool = False) -> Iterator[CursorWrapper]:
     """A cursor on the current connection (and transaction) that sends its parameters apart from
-    the statement (server-side binding), for the hot statements that take arrays of values.
+    the statement (server-side binding), for the hot statements that take a batch of values
+    (arrays, or a JSON document of rows).
 
     Django's psycopg cursors bind on the client: each value is quoted into the SQL text in Python
     and the statement is parsed and planned afresh every time. ``prepare`` (for the one-item
     statements of an acknowledgement) makes it a prepared statement on this connection, parsed
-    once: ``message_ingest`` took a quarter less time, ``conversation_create`` a tenth. Not for batches: a prepared
-    statement soon runs a generic plan, blind to the arrays' lengths, and a batch of 1,000
-    conversations took a quarter longer with one. ``DB_PREPARED_STATEMENTS=false`` turns preparing
+    once: ``message_ingest`` took a quarter less time, ``conversation_create`` a tenth. Not for
+    batches: a prepared statement soon runs a generic plan, and a batch of 1,000 conversations
+    took a quarter longer with one (measured when the rows travelled as arrays, whose lengths
+    only a custom plan sees). ``DB_PREPARED_STATEMENTS=false`` turns preparing
     off (an old PgBouncer in transaction pooling: docs/scaling.md). The wrapper is Django's, so the
     query log and the slow-query log see these statements too."""
     connection.ensure_connection()

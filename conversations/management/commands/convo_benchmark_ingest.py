@@ -759,8 +759,9 @@ class IngestBenchmark:
                 )
 
     def _http_floor(self, server: GunicornServer) -> None:
-        """The same clients against ``GET /healthz``, a view that does no work: what gunicorn,
-        Django's middleware and the clients cost per request here before any ingest code runs."""
+        """The same clients against ``GET /healthz``, a plain Django view that does no work: what
+        gunicorn, Django's middleware and the clients cost per request here. The ingest rows add
+        DRF, the API key, parsing, validation, the database and the answer to it."""
         connect, clients = self._connect(server), self.plan.clients
         drive_concurrently(
             clients=clients, bodies=[None] * clients * 10, path="/healthz", connect=connect, method="GET"
@@ -780,7 +781,7 @@ class IngestBenchmark:
                 latency=summarize(_check(result, 200).latencies),
                 rate=len(result.latencies) / result.wall_seconds,
                 rate_unit="req/s",
-                note="gunicorn + Django middleware + the clients, nothing else",
+                note="gunicorn + Django middleware + the clients; no DRF, no database",
             )
         )
 
