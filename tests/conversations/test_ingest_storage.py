@@ -195,3 +195,17 @@ def test_a_sent_at_whose_offset_has_seconds_is_stored_to_the_microsecond(tenant:
     assert Message.objects.get(conversation_id=conversation.id).sent_at == sent
     assert Conversation.objects.get(pk=conversation.id).last_message_at == sent
     assert Message.objects.get(pk=inbound.id).sent_at == sent
+
+
+def test_each_record_carries_exactly_the_fields_its_statement_reads(tenant: Tenant):
+    # json_to_recordset reads a missing or misspelt key as NULL, silently: the keys must match.
+    from conversations.services import ingest
+    from convo.ids import uuid7
+
+    payload = ConversationIn.model_validate({"user_id": "u", "messages": [{"text": "a"}]})
+
+    conversation = ingest._conversation_record(tenant, uuid7(), payload, "fingerprint")
+    message = ingest._message_record(tenant, uuid7(), payload.messages[0], None)
+
+    assert list(conversation) == [name for name, _ in ingest._CONVERSATION_FIELDS]
+    assert list(message) == [name for name, _ in ingest._MESSAGE_FIELDS]
