@@ -179,7 +179,7 @@ class KnowledgeEntryPatch(_Payload):
 class KnowledgeListQuery(PageQuery):
     source: KnowledgeSource | None = None
     active: bool | None = None
-    tag: Annotated[str, Field(max_length=50)] | None = None
+    tag: Annotated[str, Field(max_length=50), AfterValidator(_clean)] | None = None
 
 
 class KnowledgeSearchIn(_Payload):

@@ -167,3 +167,7 @@ def test_another_tenants_entry_is_a_404_and_never_found(api: APIClient, other_ap
             == []
         )
     assert api.post(f"{URL}/lookup", {"question": PASSWORD["question"]}, format="json").json()["decision"] == "no_match"
+
+
+def test_a_tag_filter_with_a_nul_is_a_400_naming_it(api: APIClient) -> None:
+    field_error(api.get(URL, {"tag": "ho\x00urs"}), "tag")
