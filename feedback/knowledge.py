@@ -32,7 +32,7 @@ from django.utils import timezone
 from conversations.models import EmbeddingState, Tenant
 from conversations.services.embedding_cache import text_normalize
 from conversations.services.embedding_kick import embedding_kick_on_commit
-from convo.errors import ServiceError
+from convo.errors import NotFound, ServiceError
 from feedback.models import (
     KnowledgeEntry,
     KnowledgeEntryVersion,
@@ -135,8 +135,11 @@ def knowledge_entry_update(
     learning_item: LearningItem | None = None,
 ) -> KnowledgeEntry:
     """Change what is given; a change that changes nothing writes nothing (no new version).
-    The row is locked, so two concurrent edits make two versions, never one lost update."""
-    current = KnowledgeEntry.objects.select_for_update().get(pk=entry.pk)
+    The row is locked, so two concurrent edits make two versions, never one lost update. An entry
+    deleted since the caller read it is ``NotFound``."""
+    current = KnowledgeEntry.objects.select_for_update().filter(pk=entry.pk).first()
+    if current is None:
+        raise NotFound("No such knowledge entry.")
     fields = knowledge_fields_clean(
         question=current.question if question is None else question,
         answer=current.answer if answer is None else answer,

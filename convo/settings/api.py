@@ -11,6 +11,7 @@ REST_FRAMEWORK: dict[str, Any] = {
     "DEFAULT_PERMISSION_CLASSES": ["conversations.api.authentication.IsTenant"],
     "DEFAULT_PARSER_CLASSES": ["convo.api.parsers.BoundedJSONParser"],
     "DEFAULT_RENDERER_CLASSES": ["convo.api.renderers.FastJSONRenderer"],
+    "DEFAULT_METADATA_CLASS": "convo.api.metadata.ViewMetadata",
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "EXCEPTION_HANDLER": "convo.api.errors.api_exception_handler",
     "UNAUTHENTICATED_USER": None,

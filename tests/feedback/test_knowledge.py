@@ -12,7 +12,7 @@ from clustering.services.moderation import Actor
 from conversations.models import EmbeddingSpace, Tenant
 from conversations.services.embedding import embedding_drain
 from conversations.services.embedding_kinds import embedding_kinds
-from convo.errors import Conflict, ServiceError
+from convo.errors import Conflict, NotFound, ServiceError
 from feedback.knowledge import (
     knowledge_entry_create,
     knowledge_entry_delete,
@@ -99,6 +99,14 @@ def test_an_update_that_changes_nothing_writes_no_version(tenant: Tenant) -> Non
     entry = entry_of(tenant)
     same = knowledge_entry_update(entry=entry, actor=ALICE, answer="  Use the link.  ")
     assert same.version == 1 and entry.versions.count() == 1
+
+
+def test_an_update_of_an_entry_deleted_meanwhile_is_not_found(tenant: Tenant) -> None:
+    # The view read the entry; a concurrent DELETE removed it before the update took its lock.
+    entry = entry_of(tenant)
+    knowledge_entry_delete(entry=entry)
+    with pytest.raises(NotFound):
+        knowledge_entry_update(entry=entry, actor=ALICE, answer="Too late.")
 
 
 def test_fields_are_checked_at_the_limit_and_one_past_it(tenant: Tenant, settings: Any) -> None:
