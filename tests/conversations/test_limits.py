@@ -128,3 +128,17 @@ def test_backpressure_answers_503_with_retry_after_at_the_bound(api, tenant, set
     Message.objects.update(embedding_state="done")
     Conversation.objects.update(embedding_state="done")
     assert api.post(URL, {"user_id": "u5"}, format="json").status_code == 202
+
+
+def test_the_admission_count_is_exact_below_its_cap_and_stops_at_it(tenant):
+    from conversations.services.admission import pending_work_count
+
+    for _ in range(4):
+        MessageFactory(conversation=ConversationFactory(tenant=tenant))
+    pending = Conversation.objects.filter(embedding_state="pending").count()
+    pending += Message.objects.filter(embedding_state="pending").count()
+    assert pending == 8  # new rows wait for the worker
+
+    assert pending_work_count() == 8
+    assert pending_work_count(at_most=4) == 8  # exact below (and at) the cap
+    assert pending_work_count(at_most=3) == 6  # each table stops at 3: enough to say "at the bound"

@@ -862,22 +862,27 @@ class IngestBenchmark:
 
     def _admission_count(self) -> None:
         """What the backpressure check costs at the backlog the run left: every process pays one
-        count per ``CONVO_PENDING_COUNT_TTL_SECONDS`` inside some request."""
+        count per ``CONVO_PENDING_COUNT_TTL_SECONDS`` inside some request, capped at the bound
+        (``CONVO_MAX_PENDING_ITEMS``); the uncapped count beside it for comparison."""
         self._analyze()
-        samples = []
-        pending = 0
-        for _ in range(7):
-            began = time.perf_counter()
-            pending = pending_work_count()
-            samples.append(time.perf_counter() - began)
-        self._add(
-            Row(
-                "4",
-                f"admission: pending_work_count() at {pending:,} pending",
-                latency=summarize(samples[2:]),
-                note=f"paid by one request per process every {settings.CONVO_PENDING_COUNT_TTL_SECONDS:g} s",
+        bound: int = settings.CONVO_MAX_PENDING_ITEMS
+        pending = pending_work_count()
+        for label, at_most in ((f"capped at the bound, {bound:,}", bound), ("uncapped", None)):
+            samples = []
+            for _ in range(7):
+                began = time.perf_counter()
+                pending_work_count(at_most=at_most)
+                samples.append(time.perf_counter() - began)
+            self._add(
+                Row(
+                    "4",
+                    f"admission: pending_work_count() {label}, at {pending:,} pending",
+                    latency=summarize(samples[2:]),
+                    note=f"paid by one request per process every {settings.CONVO_PENDING_COUNT_TTL_SECONDS:g} s"
+                    if at_most is not None
+                    else "",
+                )
             )
-        )
 
     # --- cleanup and reporting ----------------------------------------------------------------
 
