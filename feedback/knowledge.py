@@ -198,25 +198,29 @@ def learning_item_apply(*, item: LearningItem, actor: Actor) -> KnowledgeEntry |
     change = f"applied learning item {current.pk}"
     key = f"cluster:{current.cluster_id}" if current.cluster_id is not None else ""
     existing = _entry_for(tenant, key=key, question=fields.question)
-    if existing is None:
+    entry: KnowledgeEntry | None = None
+    if existing is not None:
+        try:
+            # A cluster's entry follows the cluster's representative question; another entry keeps
+            # its own wording (the item's question matched it already).
+            entry = knowledge_entry_update(
+                entry=existing,
+                actor=actor,
+                question=fields.question if key else None,
+                answer=fields.answer,
+                active=True,
+                change=change,
+                learning_item=current,
+            )
+        except NotFound:
+            entry = None  # deleted since it was found: the item makes a new one
+    if entry is None:
         entry = knowledge_entry_create(
             tenant=tenant,
             fields=fields,
             actor=actor,
             source=_ITEM_SOURCES[LearningSource(current.source)],
             key=key,
-            change=change,
-            learning_item=current,
-        )
-    else:
-        # A cluster's entry follows the cluster's representative question; another entry keeps
-        # its own wording (the item's question matched it already).
-        entry = knowledge_entry_update(
-            entry=existing,
-            actor=actor,
-            question=fields.question if key else None,
-            answer=fields.answer,
-            active=True,
             change=change,
             learning_item=current,
         )

@@ -22,9 +22,10 @@ def pending_work_count(*, at_most: int | None = None) -> int:
     indexes on pending rows, so the cost follows the backlog, not the table size.
 
     With ``at_most``, each table's count stops there, so the cost stops growing with the backlog
-    too (the admission check only asks whether the bound is reached: 28-36 ms at 200,000 pending
-    rows uncapped, on the machine of 2026-11-30); the result is exact below the bound and at least
-    ``at_most`` at or above it."""
+    too: the admission check only asks whether the bound is reached, and uncapped its cost grew with
+    the very backlog it guards against (tens of milliseconds at a few hundred thousand pending
+    rows: docs/benchmarks.md). The result is exact below the bound and at least ``at_most`` at or
+    above it."""
     tables = (Conversation._meta.db_table, Message._meta.db_table)
     if at_most is None:
         counts = [f"(SELECT count(*) FROM {table} WHERE embedding_state = 'pending')" for table in tables]
@@ -55,7 +56,7 @@ def ingest_admission_check() -> None:
     if now - _counted_at >= ttl:
         with _lock:
             if now - _counted_at >= ttl:
-                _cached_count = pending_work_count(at_most=limit)
+                _cached_count = pending_work_count(at_most=max(limit, 0))
                 _counted_at = time.monotonic()
     if _cached_count >= limit:
         raise Overloaded(

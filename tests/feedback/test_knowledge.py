@@ -163,6 +163,22 @@ def test_a_second_correction_of_the_same_question_updates_the_entry(tenant: Tena
     assert (entry.answer, entry.version) == ("We open at 11 on Sundays.", 2)
 
 
+def test_an_entry_deleted_after_it_was_found_makes_the_item_a_new_entry(
+    tenant: Tenant, mine: Exchange, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    first = learning_item_approve(item=correct(tenant, mine), actor=ALICE)
+    stale = KnowledgeEntry.objects.get(pk=first.entry_id)
+    knowledge_entry_delete(entry=stale)
+    # The look-up found the entry; a concurrent delete removed it before the update's lock.
+    monkeypatch.setattr("feedback.knowledge._entry_for", lambda tenant, *, key, question: stale)
+
+    second = learning_item_approve(item=correct(tenant, mine, "We open at 11 on Sundays."), actor=ALICE)
+
+    assert second.status == LearningStatus.APPLIED
+    entry = KnowledgeEntry.objects.get()
+    assert (entry.pk, entry.answer, entry.version) == (second.entry_id, "We open at 11 on Sundays.", 1)
+
+
 def test_an_edit_and_approve_uses_the_edited_question_and_answer(tenant: Tenant, mine: Exchange) -> None:
     item = learning_item_approve(
         item=correct(tenant, mine), actor=ALICE, answer="Sundays: 10 to 4.", question="Sunday opening hours?"
