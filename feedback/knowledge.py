@@ -264,7 +264,8 @@ def _entry_for(tenant: Tenant, *, key: str, question: str) -> KnowledgeEntry | N
             [tenant.pk, text_normalize(question).lower()],
         )
         row = cursor.fetchone()
-    return KnowledgeEntry.objects.get(pk=row[0]) if row else None
+    # .first(): the entry may be deleted between the two reads (then there is none to update).
+    return KnowledgeEntry.objects.filter(pk=row[0]).first() if row else None
 
 
 def _version_write(entry: KnowledgeEntry, *, actor: Actor, change: str, learning_item: LearningItem | None) -> None:
