@@ -9,7 +9,7 @@ from uuid import UUID
 
 from django.conf import settings
 from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import extend_schema, extend_schema_field, extend_schema_serializer
+from drf_spectacular.utils import extend_schema, extend_schema_field
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictStr
 from rest_framework import serializers, status
 from rest_framework.decorators import action
@@ -26,7 +26,7 @@ from clustering.services.webhooks import (
 )
 from conversations.api.views import UUID_PATTERN
 from convo.api.errors import FieldErrors
-from convo.api.pagination import keyset_page, page_size_param
+from convo.api.pagination import keyset_page, keyset_page_serializer, page_size_param
 from convo.api.tenancy import TenantScopedViewSet, request_tenant
 from convo.api.validation import batch_items, parse_payload
 from convo.errors import NotFound
@@ -97,11 +97,7 @@ class DeliveryFilterSerializer(serializers.Serializer):
         return {name: value for name, value in self.validated_data.items() if name not in {"page_size", "cursor"}}
 
 
-@extend_schema_serializer(many=False)  # the page itself, not a list of pages (``list`` is its action)
-class PaginatedDeliveryListSerializer(serializers.Serializer):
-    next = serializers.URLField(allow_null=True, help_text="The next page (null on the last one).")
-    previous = serializers.URLField(allow_null=True, help_text="The previous page (null on the first one).")
-    results = DeliverySerializer(many=True)
+PaginatedDeliveryListSerializer = keyset_page_serializer(DeliverySerializer, "PaginatedDeliveryListSerializer")
 
 
 class DeliveryAckIn(BaseModel):

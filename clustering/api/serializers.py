@@ -17,6 +17,7 @@ from rest_framework import serializers
 
 from clustering.models import Cluster, ClusterActionKind, ClusterStatus, DeliveryKind, DeliveryStatus, JoinMethod
 from clustering.selectors import CLUSTER_FIELDS
+from convo.api.pagination import keyset_page_serializer
 
 
 # Enum fields with their own component names: left to drf-spectacular, a second enum under the
@@ -90,10 +91,7 @@ class ClusterListItemSerializer(ClusterSerializer):
     )
 
 
-class ClusterPageSerializer(serializers.Serializer):
-    next = serializers.URLField(allow_null=True)
-    previous = serializers.URLField(allow_null=True)
-    results = ClusterListItemSerializer(many=True)
+ClusterPageSerializer = keyset_page_serializer(ClusterListItemSerializer, "ClusterPageSerializer")
 
 
 class ClusterMemberDeliverySerializer(serializers.Serializer):
@@ -125,10 +123,7 @@ class ClusterMemberSerializer(serializers.Serializer):
     )
 
 
-class ClusterMemberPageSerializer(serializers.Serializer):
-    next = serializers.URLField(allow_null=True)
-    previous = serializers.URLField(allow_null=True)
-    results = ClusterMemberSerializer(many=True)
+ClusterMemberPageSerializer = keyset_page_serializer(ClusterMemberSerializer, "ClusterMemberPageSerializer")
 
 
 class ClusterDetailSerializer(ClusterSerializer):
@@ -153,10 +148,7 @@ class ClusterActionLogSerializer(serializers.Serializer):
     created_at = serializers.DateTimeField()
 
 
-class ClusterActionPageSerializer(serializers.Serializer):
-    next = serializers.URLField(allow_null=True)
-    previous = serializers.URLField(allow_null=True)
-    results = ClusterActionLogSerializer(many=True)
+ClusterActionPageSerializer = keyset_page_serializer(ClusterActionLogSerializer, "ClusterActionPageSerializer")
 
 
 class MessageDeliverySerializer(ClusterMemberDeliverySerializer):

@@ -73,6 +73,9 @@ def batch_body(results: list[ItemResult | dict[str, list[str]]], *, kind: str) -
 
 
 class MessageSerializer(serializers.ModelSerializer):
+    # Not a URLField: empty when the platform sent none, which "format: uri" would not admit.
+    sender_avatar_url = serializers.CharField(read_only=True, help_text="An http(s) URL, or empty.")
+
     class Meta:
         model = Message
         fields = [

@@ -25,6 +25,8 @@ import orjson
 from django.conf import settings
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.db.models import F, Model, OrderBy, Q, QuerySet
+from drf_spectacular.utils import extend_schema_serializer
+from rest_framework import serializers
 from rest_framework.pagination import CursorPagination
 from rest_framework.request import Request
 
@@ -184,3 +186,20 @@ def _past(keys: Sequence[str], position: list[Any], fields: list[Any], *, backwa
         condition |= equal & past
         equal &= same
     return condition
+
+
+def keyset_page_serializer(item: type[serializers.Serializer], name: str) -> type[serializers.Serializer]:
+    """The serializer of one keyset page of ``item`` rows (``next``, ``previous``, ``results``).
+
+    Marked as one object for the OpenAPI schema: drf-spectacular describes what a ``list`` action
+    answers as an array of its response serializer, which here would read "an array of pages"."""
+    page = type(
+        name,
+        (serializers.Serializer,),
+        {
+            "next": serializers.URLField(allow_null=True, help_text="The next page (null on the last one)."),
+            "previous": serializers.URLField(allow_null=True, help_text="The previous page (null on the first one)."),
+            "results": item(many=True),
+        },
+    )
+    return extend_schema_serializer(many=False)(page)

@@ -8,6 +8,7 @@ from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from conversations.models import Channel
+from convo.api.pagination import keyset_page_serializer
 from feedback.models import (
     THUMBS_UP,
     Feedback,
@@ -146,6 +147,8 @@ class AnalyticsSerializer(serializers.ModelSerializer):
 class TranscriptSerializer(serializers.ModelSerializer):
     conversation_id = serializers.UUIDField()
     duration_seconds = serializers.DecimalField(max_digits=9, decimal_places=3, coerce_to_string=True)
+    # Not a URLField: empty when none was given, which "format: uri" would not admit.
+    audio_url = serializers.CharField(help_text="An http(s) URL, or empty.")
 
     class Meta:
         model = VoiceTranscript
@@ -185,23 +188,11 @@ class LearningItemSerializer(serializers.ModelSerializer):
         ]
 
 
-def _page(item: type[serializers.Serializer], name: str) -> type[serializers.Serializer]:
-    return type(
-        name,
-        (serializers.Serializer,),
-        {
-            "next": serializers.URLField(allow_null=True),
-            "previous": serializers.URLField(allow_null=True),
-            "results": item(many=True),
-        },
-    )
-
-
-FeedbackPageSerializer = _page(FeedbackSerializer, "FeedbackPageSerializer")
-CorrectionPageSerializer = _page(CorrectionSerializer, "CorrectionPageSerializer")
-AnalyticsPageSerializer = _page(AnalyticsSerializer, "AnalyticsPageSerializer")
-TranscriptPageSerializer = _page(TranscriptSerializer, "TranscriptPageSerializer")
-LearningItemPageSerializer = _page(LearningItemSerializer, "LearningItemPageSerializer")
+FeedbackPageSerializer = keyset_page_serializer(FeedbackSerializer, "FeedbackPageSerializer")
+CorrectionPageSerializer = keyset_page_serializer(CorrectionSerializer, "CorrectionPageSerializer")
+AnalyticsPageSerializer = keyset_page_serializer(AnalyticsSerializer, "AnalyticsPageSerializer")
+TranscriptPageSerializer = keyset_page_serializer(TranscriptSerializer, "TranscriptPageSerializer")
+LearningItemPageSerializer = keyset_page_serializer(LearningItemSerializer, "LearningItemPageSerializer")
 
 
 class KnowledgeCountsSerializer(serializers.Serializer):
@@ -277,7 +268,7 @@ class KnowledgeEntrySerializer(serializers.ModelSerializer):
         ]
 
 
-KnowledgeEntryPageSerializer = _page(KnowledgeEntrySerializer, "KnowledgeEntryPageSerializer")
+KnowledgeEntryPageSerializer = keyset_page_serializer(KnowledgeEntrySerializer, "KnowledgeEntryPageSerializer")
 
 
 class KnowledgeVersionSerializer(serializers.ModelSerializer):
