@@ -65,3 +65,14 @@ def test_unknown_api_paths_are_json_404(api):
     assert response.status_code == 404
     assert response.json()["error"]["code"] == "not_found"
     assert api.get("/api/v1/conversations/not-a-uuid").status_code == 404
+
+
+@pytest.mark.parametrize("method", ["POST", "PUT", "PATCH", "DELETE"])
+def test_unknown_api_paths_are_json_404_for_writes_too(db, method):
+    # CSRF checks on, as for any client that is not Django's test client: an unknown path must not
+    # answer the CSRF middleware's HTML 403 (found by schemathesis).
+    from django.test import Client
+
+    response = Client(enforce_csrf_checks=True).generic(method, "/api/v1/conversations/%C2%84", b"{}")
+    assert response.status_code == 404
+    assert response.json()["error"]["code"] == "not_found"
