@@ -34,6 +34,10 @@ SPECTACULAR_SETTINGS: dict[str, Any] = {
     # The docs page's JavaScript and CSS are served by convo itself (no CDN): it works offline.
     "SWAGGER_UI_DIST": "SIDECAR",
     "PREPROCESSING_HOOKS": ["convo.api.schema_hooks.paths_without_trailing_slash"],
+    "POSTPROCESSING_HOOKS": [
+        "drf_spectacular.hooks.postprocess_schema_enums",  # the default, kept
+        "convo.api.schema_hooks.error_responses",
+    ],
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
 }
 APPEND_SLASH = False  # an API POST must never be redirected (the body would be lost)

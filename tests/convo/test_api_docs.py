@@ -57,3 +57,26 @@ def test_urls_that_may_be_empty_are_not_documented_as_uris(client):
     components = yaml.safe_load(client.get("/api/schema/").content)["components"]["schemas"]
     assert "format" not in components["Message"]["properties"]["sender_avatar_url"]
     assert "format" not in components["Transcript"]["properties"]["audio_url"]
+
+
+def test_every_error_answer_is_documented_with_the_error_shape(client, api):
+    schema = yaml.safe_load(client.get("/api/schema/").content)
+    error = schema["components"]["schemas"]["Error"]
+    assert error["required"] == ["error"]
+    create = schema["paths"]["/api/v1/conversations"]["post"]["responses"]
+    assert {"400", "401", "409", "413", "503"} <= set(create)
+    assert "404" in schema["paths"]["/api/v1/conversations/{id}"]["get"]["responses"]
+    for path, operations in schema["paths"].items():
+        for method, operation in operations.items():
+            for code, response in operation["responses"].items():
+                if path.startswith("/api/v1/") and code.startswith(("4", "5")):
+                    assert response["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/Error"}
+                    assert response["description"], (method, path, code)
+    # What is served has that shape: an unauthenticated call, a bad body, an unknown id.
+    for response in (
+        client.get("/api/v1/conversations"),
+        api.post("/api/v1/conversations", {"user_id": ""}, format="json"),
+        api.get("/api/v1/conversations/01a22d60-8ce8-71d6-96a1-b5079bc2214f"),
+    ):
+        body = response.json()
+        assert set(body) == {"error"} and {"code", "message"} <= set(body["error"]), body
