@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import orjson
+from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from conversations.models import Channel, Conversation, ConversationStatus, Message
@@ -72,9 +73,16 @@ def batch_body(results: list[ItemResult | dict[str, list[str]]], *, kind: str) -
     return {"accepted": accepted, "rejected": len(results) - accepted, "results": items}
 
 
+@extend_schema_field({"type": ["object", "null"]})
+class _ObjectOrNull(serializers.JSONField):
+    """A JSON object or null. DRF's field is described as ``oneOf: [{}, null]``, which a null
+    matches twice, so no validator accepts it."""
+
+
 class MessageSerializer(serializers.ModelSerializer):
     # Not a URLField: empty when the platform sent none, which "format: uri" would not admit.
     sender_avatar_url = serializers.CharField(read_only=True, help_text="An http(s) URL, or empty.")
+    raw_payload = _ObjectOrNull(read_only=True, help_text="The platform's own message, as sent; null if none.")
 
     class Meta:
         model = Message

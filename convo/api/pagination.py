@@ -27,7 +27,8 @@ from django.core.exceptions import ValidationError as DjangoValidationError
 from django.db.models import F, Model, OrderBy, Q, QuerySet
 from drf_spectacular.utils import extend_schema_serializer
 from rest_framework import serializers
-from rest_framework.pagination import CursorPagination
+from rest_framework.exceptions import NotFound
+from rest_framework.pagination import Cursor, CursorPagination
 from rest_framework.request import Request
 
 from convo.api.errors import FieldErrors
@@ -54,6 +55,14 @@ class NewestFirstCursorPagination(CursorPagination):
 
     def get_page_size(self, request: Request) -> int:
         return page_size_param(request.query_params, name=self.page_size_query_param)
+
+    def decode_cursor(self, request: Request) -> Cursor | None:
+        """DRF answers a cursor that does not decode with a 404; like a keyset page's, it is a 400
+        naming ``cursor``."""
+        try:
+            return super().decode_cursor(request)
+        except NotFound:
+            raise FieldErrors({self.cursor_query_param: ["Invalid cursor."]}) from None
 
 
 class OldestFirstCursorPagination(NewestFirstCursorPagination):

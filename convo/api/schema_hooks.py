@@ -56,9 +56,11 @@ _DESCRIPTIONS = {
 def error_responses(result: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
     """Document the error answers of every ``/api/v1/`` operation with one ``Error`` schema.
 
-    Views name their own errors (a 409 here, a 503 there) as plain objects; this gives them the
-    shape every error has, and adds the answers any operation can give: 401 where a credential
-    is needed, 400 and 413 where a body is read, 404 where the path names an object.
+    Views name their own errors (a 409 here, a 503 there), mostly as plain objects; this gives
+    those the shape every error has (an answer a view described in full, such as a batch's
+    per-item 400, becomes that or the Error shape), and adds the answers any operation can give: 401 where a
+    credential is needed, 400 where a body or a query parameter is read, 413 where a body is,
+    404 where the path names an object, 409 where an ``Idempotency-Key`` is taken.
     """
     result.setdefault("components", {}).setdefault("schemas", {})["Error"] = ERROR_SCHEMA
     for path, operations in result.get("paths", {}).items():
@@ -66,16 +68,35 @@ def error_responses(result: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
             continue
         for operation in operations.values():
             responses = operation.setdefault("responses", {})
-            added = dict(_COMMON) if operation.get("security") != [{}] else {}
-            if "requestBody" in operation:
-                added.update(_WITH_BODY)
-            if "{" in path:
-                added.update(_WITH_PATH_ID)
-            for code, description in added.items():
+            for code, description in _possible_errors(path, operation).items():
                 responses.setdefault(code, {"description": description})
             for code, response in responses.items():
-                if code.startswith(("4", "5")):
-                    response["content"] = {"application/json": {"schema": _ERROR_REF}}
-                    if not response.get("description"):
-                        response["description"] = _DESCRIPTIONS.get(code, "An error; `error.code` says which.")
+                if not code.startswith(("4", "5")):
+                    continue
+                schema = response.get("content", {}).get("application/json", {}).get("schema")
+                if schema is None or schema == _PLAIN_OBJECT:
+                    schema = _ERROR_REF
+                elif schema != _ERROR_REF:
+                    schema = {"oneOf": [schema, _ERROR_REF]}  # a bad body still answers the Error shape
+                response["content"] = {"application/json": {"schema": schema}}
+                if not response.get("description"):
+                    response["description"] = _DESCRIPTIONS.get(code, "An error; `error.code` says which.")
     return result
+
+
+# How drf-spectacular writes OpenApiTypes.OBJECT, the type the views give their error answers.
+_PLAIN_OBJECT = {"type": "object", "additionalProperties": {}}
+
+
+def _possible_errors(path: str, operation: dict[str, Any]) -> dict[str, str]:
+    parameters = operation.get("parameters", [])
+    possible = dict(_COMMON) if operation.get("security") != [{}] else {}
+    if "requestBody" in operation:
+        possible.update(_WITH_BODY)
+    if any(parameter.get("in") == "query" for parameter in parameters):
+        possible["400"] = _WITH_BODY["400"]
+    if "{" in path:
+        possible.update(_WITH_PATH_ID)
+    if any(parameter.get("in") == "header" and parameter.get("name") == "Idempotency-Key" for parameter in parameters):
+        possible["409"] = "This Idempotency-Key was used with another body."
+    return possible
