@@ -40,22 +40,22 @@ def test_statement_server_ms_refuses_a_call_without_the_statement(tenant: Tenant
 
 
 BURN = """
-import sys, time
+import os, sys, time
 end = time.process_time() + float(sys.argv[1])
 while time.process_time() < end:
     pass
-print("burnt", flush=True)
+os.write(1, b"burnt\\n")  # one write: two children share the pipe
 {after}
 """
 # A "server" that, once told to, starts two children that each burn 0.3 s of CPU: one stays alive,
 # the other ends and is waited for during the measurement (as a replaced worker or a closed
 # backend would).
 SERVER = f"""
-import subprocess, sys, time
+import os, subprocess, sys, time
 sys.stdin.readline()
 alive = subprocess.Popen([sys.executable, "-c", {BURN.format(after="time.sleep(60)")!r}, "0.3"])
 subprocess.run([sys.executable, "-c", {BURN.format(after="")!r}, "0.3"])
-print("reaped", flush=True)
+os.write(1, b"reaped\\n")
 alive.wait()
 """
 
