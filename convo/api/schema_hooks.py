@@ -33,6 +33,8 @@ ERROR_SCHEMA: dict[str, Any] = {
     },
 }
 _ERROR_REF = {"$ref": "#/components/schemas/Error"}
+# How drf-spectacular writes OpenApiTypes.OBJECT, the type the views give their error answers.
+_PLAIN_OBJECT = {"type": "object", "additionalProperties": {}}
 # Answers any API operation can give, whatever its own view documents.
 _COMMON = {
     "401": "No valid `Authorization: Api-Key …` header (or staff session).",
@@ -58,9 +60,9 @@ def error_responses(result: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
 
     Views name their own errors (a 409 here, a 503 there), mostly as plain objects; this gives
     those the shape every error has (an answer a view described in full, such as a batch's
-    per-item 400, becomes that or the Error shape), and adds the answers any operation can give: 401 where a
-    credential is needed, 400 where a body or a query parameter is read, 413 where a body is,
-    404 where the path names an object, 409 where an ``Idempotency-Key`` is taken.
+    per-item 400, becomes that or the Error shape). It adds the answers any operation can give:
+    401 where a credential is needed, 400 where a body or a query parameter is read, 413 where a
+    body is, 404 where the path names an object, 409 where an ``Idempotency-Key`` is taken.
     """
     result.setdefault("components", {}).setdefault("schemas", {})["Error"] = ERROR_SCHEMA
     for path, operations in result.get("paths", {}).items():
@@ -82,10 +84,6 @@ def error_responses(result: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
                 if not response.get("description"):
                     response["description"] = _DESCRIPTIONS.get(code, "An error; `error.code` says which.")
     return result
-
-
-# How drf-spectacular writes OpenApiTypes.OBJECT, the type the views give their error answers.
-_PLAIN_OBJECT = {"type": "object", "additionalProperties": {}}
 
 
 def _possible_errors(path: str, operation: dict[str, Any]) -> dict[str, str]:
