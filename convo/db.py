@@ -131,9 +131,9 @@ def server_bound_cursor(*, prepare: bool = False) -> Iterator[CursorWrapper]:
     once: ``message_ingest`` took a quarter less time, ``conversation_create`` a tenth. Not for
     batches: a prepared statement soon runs a generic plan, and a batch of 1,000 conversations
     took a quarter longer with one (measured when the rows travelled as arrays, whose lengths
-    only a custom plan sees). ``DB_PREPARED_STATEMENTS=false`` turns preparing
-    off (an old PgBouncer in transaction pooling: docs/scaling.md). The wrapper is Django's, so the
-    query log and the slow-query log see these statements too."""
+    only a custom plan sees). ``DB_PREPARED_STATEMENTS=false`` turns preparing off (an old
+    PgBouncer in transaction pooling: docs/scaling.md). The wrapper is Django's, so the query log
+    and the slow-query log see these statements too."""
     connection.ensure_connection()
     raw_connection = connection.connection
     raw = _BindingCursor(raw_connection)

@@ -26,18 +26,13 @@ def pending_work_count(*, at_most: int | None = None) -> int:
     the very backlog it guards against (tens of milliseconds at a few hundred thousand pending
     rows: docs/benchmarks.md). The result is exact below the bound and at least ``at_most`` at or
     above it."""
-    tables = (Conversation._meta.db_table, Message._meta.db_table)
-    if at_most is None:
-        counts = [f"(SELECT count(*) FROM {table} WHERE embedding_state = 'pending')" for table in tables]
-        params: list[int] = []
-    else:
-        counts = [
-            f"(SELECT count(*) FROM (SELECT 1 FROM {table} WHERE embedding_state = 'pending' LIMIT %s) AS pending)"
-            for table in tables
-        ]
-        params = [at_most] * len(tables)
+    # LIMIT NULL is no limit: one statement serves both.
+    counts = " + ".join(
+        f"(SELECT count(*) FROM (SELECT 1 FROM {table} WHERE embedding_state = 'pending' LIMIT %s) AS pending)"
+        for table in (Conversation._meta.db_table, Message._meta.db_table)
+    )
     with connection.cursor() as cursor:
-        cursor.execute(f"SELECT {' + '.join(counts)}", params)
+        cursor.execute(f"SELECT {counts}", [at_most, at_most])
         row = cursor.fetchone()
     return int(row[0]) if row else 0
 
